@@ -1,0 +1,80 @@
+"""Tokenised training examples, the task mixture sampler and the collator."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .data import Task
+from .modeling import IGNORE
+
+
+@dataclass
+class Encoded:
+    task_id: int
+    source: list[int]
+    target: list[int]
+
+
+def encode_tasks(tasks: list[Task], tokenizer: PreTrainedTokenizerBase, max_source_len: int,
+                 max_target_len: int, seq2seq: bool) -> list[list[Encoded]]:
+    """Tokenise every example once. Sources keep their end (the question sits there in
+    most T0 prompts); targets keep their start and end with EOS."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for tid, task in enumerate(tasks):
+        src = tokenizer([e.source for e in task.examples], add_special_tokens=False).input_ids
+        tgt = tokenizer([e.target for e in task.examples], add_special_tokens=False).input_ids
+        rows = []
+        for s, t in zip(src, tgt):
+            if seq2seq:
+                s = s + [eos]
+            s = s[-max_source_len:]
+            t = t[: max_target_len - 1] + [eos]
+            rows.append(Encoded(tid, s, t))
+        out.append(rows)
+    return out
+
+
+class MixtureSampler:
+    """Which (task, example) pairs make up the global batch of a given step.
+
+    The batch of step s depends on (seed, s) only, so a resumed run sees exactly the
+    batches the uninterrupted run would have seen.
+    """
+
+    def __init__(self, task_sizes: list[int], mode: str = "proportional", cap: int = 50000,
+                 seed: int = 0):
+        sizes = np.array([min(n, cap) for n in task_sizes], dtype=np.float64)
+        if (sizes <= 0).any():
+            raise ValueError("every task needs at least one example")
+        self.sizes = sizes.astype(np.int64)
+        self.weights = sizes / sizes.sum() if mode == "proportional" else np.full(len(sizes), 1 / len(sizes))
+        self.seed = seed
+
+    def batch(self, step: int, batch_size: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, step])
+        tasks = rng.choice(len(self.sizes), size=batch_size, p=self.weights)
+        return [(int(t), int(rng.integers(self.sizes[t]))) for t in tasks]
+
+
+def collate(rows: list[Encoded], pad_id: int, seq2seq: bool, padding_side: str = "right"
+            ) -> dict[str, torch.Tensor]:
+    """Tensors for CTRModel.forward. Decoder-only rows are source + target in one sequence."""
+    def pad(seqs: list[list[int]], value: int, side: str = padding_side) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        fill = [[value] * (width - len(s)) for s in seqs]
+        return torch.tensor([f + s if side == "left" else s + f for s, f in zip(seqs, fill)])
+
+    task_ids = torch.tensor([r.task_id for r in rows])
+    if seq2seq:
+        ids = pad([r.source for r in rows], pad_id)
+        mask = pad([[1] * len(r.source) for r in rows], 0)
+        labels = pad([r.target for r in rows], IGNORE, "right")  # decoder targets start at 0
+    else:
+        ids = pad([r.source + r.target for r in rows], pad_id)
+        mask = pad([[1] * (len(r.source) + len(r.target)) for r in rows], 0)
+        labels = pad([[IGNORE] * len(r.source) + r.target for r in rows], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_ids": task_ids}

@@ -1,0 +1,95 @@
+"""`ctr` command line. Flags are generated from the config dataclasses (`ctr.config`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+
+def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
+    """argparse settings for a field annotation written as a string (PEP 563)."""
+    ann = annotation.replace(" ", "").replace("|None", "")
+    if ann == "bool":
+        return None, {"action": argparse.BooleanOptionalAction}
+    if ann.startswith("list["):
+        inner = {"str": str, "int": int, "float": float}[ann[5:-1]]
+        return inner, {"nargs": "*"}
+    m = re.fullmatch(r"Literal\[(.*)\]", ann)
+    if m:
+        return str, {"choices": [c.strip("'\"") for c in m.group(1).split(",")]}
+    return {"int": int, "float": float, "str": str}[ann], {}
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        typ, kw = _parse_type(str(f.type))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if default not in (None, [], ""):
+            help_text += f" (default: {default})"
+        if typ is not None:
+            kw["type"] = typ
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                            help=help_text, **kw)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import summarize_run, train
+    cfg = dataclass_from_args(TrainConfig, args)
+    final = train(cfg, stop_after=args.stop_after)
+    if (Path(cfg.output_dir) / "metrics.jsonl").exists() and final.name == "final":
+        print(summarize_run(cfg.output_dir))
+        print(f"\nmodel: {final}")
+    return 0
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    """Print the code table of a checkpoint."""
+    from .fileio import read_json
+    path = Path(args.checkpoint)
+    for cand in (path / "final", path / "model", path):
+        if (cand / "code_table.json").exists():
+            table = read_json(cand / "code_table.json")
+            width = max((len(n) for n in table), default=4)
+            for name, code in table.items():
+                print(f"{name:<{width}}  {' '.join(f'{c:3d}' for c in code)}")
+            return 0
+    raise FileNotFoundError(f"{path}: no code_table.json (not a CTR checkpoint)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="multi-task training (stage 1: LM frozen; stage 2: all)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(p, TrainConfig)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end this call after N steps without a final save (time-sliced jobs)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("codes", help="print the code table of a checkpoint")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_codes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ctr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

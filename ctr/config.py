@@ -1,0 +1,159 @@
+"""Configuration dataclasses: the single source of truth for options.
+
+`CTRConfig` describes the model (saved with every checkpoint); `TrainConfig` describes a
+training run. The CLI is generated from the fields and their `help` metadata
+(see `ctr.cli`), so a new option is added here once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+QUANTIZERS = ("plain", "ema")
+PLACEMENTS = ("prefix",)
+TASK_INITS = ("random", "description")
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class CTRConfig:
+    """The CTR module around a backbone (paper values are the defaults)."""
+
+    code_length: int = opt(10, "number of code positions L (soft-prompt length)")
+    codebook_size: int = opt(128, "codebook size K (values per position)")
+    code_dim: int | None = opt(None, "codebook vector size; default: the backbone's hidden size")
+    task_embed_dim: int | None = opt(None, "task-embedding size; default: code_dim")
+    task_names: list[str] = opt([], "training task names, in task-id order")
+    beta: float = opt(0.1, "commitment loss weight")
+    vq_weight: float = opt(1.0, "weight of the VQ loss (codebook + commitment) in the total loss")
+    task_init: Literal["random", "description"] = opt(
+        "random", "task-embedding init: N(0,1) or from description vectors")
+    encoder_init_std: float = opt(0.1, "std of the per-position encoder init")
+    codebook_init_scale: float | None = opt(
+        None, "codebook init uniform(-s, s); default 100/K as in the released code")
+    quantizer: Literal["plain", "ema"] = opt(
+        "plain", "plain: learned codebook (paper); ema: EMA codebook updates")
+    ema_decay: float = opt(0.8, "EMA decay (quantizer=ema)")
+    kmeans_init: bool = opt(False, "initialise the codebook by k-means on the task encodings")
+    dead_code_threshold: float = opt(
+        0.0, "revive codes whose EMA usage falls below this (0 = off)")
+    placement: Literal["prefix"] = opt("prefix", "where the soft prompt goes: before the input")
+    use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
+    backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
+    backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
+
+    def __post_init__(self) -> None:
+        check_choice("quantizer", self.quantizer, QUANTIZERS)
+        check_choice("placement", self.placement, PLACEMENTS)
+        check_choice("task_init", self.task_init, TASK_INITS)
+        for name in ("code_length", "codebook_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CTRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown CTRConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run (`ctr train`)."""
+
+    output_dir: str = opt("runs/ctr", "folder for checkpoints, metrics.jsonl and the final model")
+    model: str = opt("smollm2", "backbone: 'smollm2' (embedded default), a local HF folder or a hub id")
+    stage: int = opt(1, "1: backbone frozen; 2: everything trainable (needs --init-from)")
+    init_from: str | None = opt(None, "CTR checkpoint to start from (stage 2: the stage-1 result)")
+    preset: str = opt("cpu-small", "hyper-parameter preset: paper, cpu-small, cpu-demo, tiny")
+    data_dir: str | None = opt(None, "T0 data folder (default: $CTR_DATA_DIR or ../shared/data)")
+    train_files: list[str] = opt([], "JSONL task files (task, input, target[, choices]) instead of T0")
+    tasks: list[str] = opt([], "only these T0 training tasks (file stems); default all")
+    max_tasks: int | None = opt(None, "use only the first N tasks (sorted by name)")
+    tasks_per_type: int | None = opt(None, "use at most N tasks per task type, spread over datasets")
+    drop_single_answer: bool = opt(False, "drop tasks whose targets are all the same answer")
+    mixing: Literal["proportional", "balanced"] = opt(
+        "proportional", "proportional: by task size with a per-task cap (paper); balanced: tasks uniform")
+    task_cap: int = opt(50000, "per-task example cap for proportional mixing")
+    max_source_len: int = opt(384, "max source tokens (truncated from the left of the text end)")
+    max_target_len: int = opt(32, "max target tokens")
+    steps: int | None = opt(None, "optimizer steps")
+    batch_size: int | None = opt(None, "global batch (examples per optimizer step)")
+    micro_batch_size: int | None = opt(None, "examples per forward pass per process")
+    lr: float | None = opt(None, "peak learning rate")
+    warmup_steps: int | None = opt(None, "linear warmup steps")
+    min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
+    weight_decay: float = opt(0.1, "AdamW weight decay")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "gradient norm clip")
+    target_only_logits: bool = opt(True, "apply the LM head to target positions only")
+    log_every: int = opt(1, "steps between metrics.jsonl records")
+    save_every: int = opt(50, "steps between checkpoints")
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep")
+    seed: int = opt(0, "random seed (data order, init, dropout)")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir")
+    mixed_precision: Literal["auto", "no", "bf16"] = opt("auto", "auto: bf16 on GPU, fp32 on CPU")
+    code_length: int = opt(10, "CTR code length L")
+    codebook_size: int = opt(128, "CTR codebook size K")
+    quantizer: Literal["plain", "ema"] = opt("plain", "quantizer variant")
+    kmeans_init: bool = opt(False, "k-means codebook init from the task encodings")
+    dead_code_threshold: float = opt(0.0, "dead-code revival threshold (0 = off)")
+    task_init: Literal["random", "description"] = opt("random", "task-embedding init")
+    no_codes: bool = opt(False, "train the backbone without codes (multi-task prompted baseline)")
+    limit_examples: int | None = opt(None, "read at most N examples per task file (quick runs)")
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.no_codes and self.stage == 1:
+            raise ValueError("--no-codes trains the backbone itself: use it with --stage 2")
+        check_choice("--preset", self.preset, tuple(PRESETS))
+        check_choice("--mixing", self.mixing, ("proportional", "balanced"))
+        for k, v in PRESETS[self.preset][self.stage].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
+                             f"--micro-batch-size {self.micro_batch_size}")
+
+
+# Stage-dependent hyper-parameters; explicit flags override them.
+PRESETS: dict[str, dict[int, dict[str, Any]]] = {
+    # The paper: 10k steps each, global batch 2048 / 1024, Adam lr 1e-2 / 1e-4, 320 warmup.
+    "paper": {1: dict(steps=10000, batch_size=2048, micro_batch_size=32, lr=1e-2, warmup_steps=320),
+              2: dict(steps=10000, batch_size=1024, micro_batch_size=16, lr=1e-4, warmup_steps=320)},
+    # A few minutes of CPU with SmolLM2.
+    "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10),
+                  2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10)},
+    "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4),
+                 2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2)},
+    # Tests on tiny random models.
+    "tiny": {1: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, warmup_steps=1),
+             2: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1)},
+}

@@ -1,0 +1,297 @@
+"""CTRModel: a task code turned into a soft prompt in front of any HF language model.
+
+task id -> task embedding -> per-position linear encoder -> shared-codebook quantizer
+-> linear decoder -> L soft-prompt vectors prepended to the input embeddings.
+A code (L integers) skips the first two steps and indexes the codebook directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .backbone import is_encoder_decoder, load_backbone
+from .config import CTRConfig
+from .fileio import atomic_dir, read_json, write_json
+from .quantizer import CodeQuantizer
+
+CONFIG_FILE = "ctr_config.json"
+WEIGHTS_FILE = "ctr_weights.safetensors"
+CODE_TABLE_FILE = "code_table.json"
+BACKBONE_DIR = "backbone"
+IGNORE = -100
+
+
+@dataclass
+class CTROutput:
+    loss: torch.Tensor  # lm_loss + vq_weight * vq_loss
+    lm_loss: torch.Tensor  # mean token cross-entropy of the targets in this batch
+    vq_loss: torch.Tensor
+    token_loss_sum: torch.Tensor  # summed target-token loss (for exact accumulation)
+    example_loss: torch.Tensor  # [B] mean token loss per example
+    example_loss_sum: torch.Tensor  # [B] summed token loss per example
+    target_tokens: torch.Tensor  # [B] target tokens per example
+    codes: torch.Tensor | None  # [B, L]
+    logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
+
+
+def right_pad_order(mask: torch.Tensor) -> torch.Tensor:
+    """Column order that moves each row's real tokens first, keeping their order.
+
+    Working on right-padded rows makes the prompt adjacent to the input and positions
+    start at 0 whatever padding side the caller used (T5's relative positions and
+    decoder-only absolute positions both depend on it).
+    """
+    return torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)
+
+
+class CTRModel(nn.Module):
+    def __init__(self, backbone: PreTrainedModel, config: CTRConfig,
+                 tokenizer: PreTrainedTokenizerBase | None = None,
+                 task_vectors: torch.Tensor | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.seq2seq = is_encoder_decoder(backbone)
+        hidden = backbone.get_input_embeddings().embedding_dim
+        config.code_dim = config.code_dim or hidden
+        if task_vectors is not None:
+            if config.task_init != "description":
+                raise ValueError("task_vectors given but config.task_init is not 'description'")
+            if task_vectors.shape[0] != config.num_tasks:
+                raise ValueError(f"task_vectors has {task_vectors.shape[0]} rows for "
+                                 f"{config.num_tasks} tasks")
+            config.task_embed_dim = task_vectors.shape[1]
+        config.task_embed_dim = config.task_embed_dim or config.code_dim
+        if not config.backbone:
+            config.backbone = str(getattr(backbone.config, "name_or_path", "") or "")
+        self.backbone_frozen = False
+        if not config.use_codes:
+            return
+        L, E, D = config.code_length, config.task_embed_dim, config.code_dim
+        self.task_embedding = nn.Embedding(config.num_tasks, E)
+        nn.init.normal_(self.task_embedding.weight, 0.0, 1.0)
+        if task_vectors is not None:
+            self.task_embedding.weight.data.copy_(task_vectors)
+        self.encoder = nn.Parameter(torch.randn(L, E, D) * config.encoder_init_std)
+        self.quantizer = CodeQuantizer(config, D)
+        self.decoder = nn.Linear(D, hidden, bias=False)
+
+    # ---- codes ---------------------------------------------------------------------
+    def encode_tasks(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """Continuous encodings z [B, L, D] of training tasks."""
+        e = self.task_embedding(task_ids)
+        return torch.einsum("be,led->bld", e, self.encoder)
+
+    @torch.no_grad()
+    def task_codes(self) -> torch.Tensor:
+        """The code [num_tasks, L] of every training task."""
+        self._require_codes()
+        ids = torch.arange(self.config.num_tasks, device=self.encoder.device)
+        return self.quantizer.nearest(self.encode_tasks(ids))
+
+    def code_table(self) -> dict[str, list[int]]:
+        if not self.config.use_codes or self.config.num_tasks == 0:
+            return {}
+        return {n: c.tolist() for n, c in zip(self.config.task_names, self.task_codes().cpu())}
+
+    def check_codes(self, codes: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        L, K = self.config.code_length, self.config.codebook_size
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(codes)
+        if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+        if codes.dim() == 1:
+            codes = codes.unsqueeze(0)
+        if codes.dim() != 2 or codes.shape[1] != L:
+            raise ValueError(f"codes must have shape [batch, {L}], got {list(codes.shape)}")
+        if batch_size is not None and codes.shape[0] == 1 and batch_size > 1:
+            codes = codes.expand(batch_size, L)
+        if batch_size is not None and codes.shape[0] != batch_size:
+            raise ValueError(f"codes has {codes.shape[0]} rows for a batch of {batch_size}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= K):
+            raise ValueError(f"code values must lie in [0, {K}), got min {int(codes.min())} "
+                             f"max {int(codes.max())}")
+        return codes.long().to(self.encoder.device)
+
+    def soft_prompt(self, batch_size: int, task_ids: torch.Tensor | None = None,
+                    codes: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(prompt [B, L, H] or None, codes [B, L] or None, vq loss)."""
+        device = self.backbone.device
+        zero = torch.zeros((), device=device)
+        if not self.config.use_codes:
+            if task_ids is not None or codes is not None:
+                raise ValueError("this model has no codes (use_codes=False): pass neither "
+                                 "task_ids nor codes")
+            return None, None, zero
+        if (task_ids is None) == (codes is None):
+            raise ValueError("pass exactly one of task_ids or codes")
+        if task_ids is not None:
+            task_ids = torch.as_tensor(task_ids, device=self.encoder.device).long().reshape(-1)
+            if task_ids.shape[0] != batch_size:
+                raise ValueError(f"task_ids has {task_ids.shape[0]} entries for a batch of {batch_size}")
+            if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.config.num_tasks):
+                raise ValueError(f"task_ids must lie in [0, {self.config.num_tasks})")
+            out = self.quantizer(self.encode_tasks(task_ids))
+            q, codes, vq_loss = out.quantized, out.codes, out.loss
+        else:
+            codes = self.check_codes(codes, batch_size)
+            q, vq_loss = self.quantizer.lookup(codes), zero
+        return self.decoder(q), codes, vq_loss
+
+    def _require_codes(self) -> None:
+        if not self.config.use_codes:
+            raise ValueError("this model has no codes (use_codes=False)")
+
+    # ---- forward -------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
+                codes: torch.Tensor | None = None, return_logits: bool = False,
+                target_only: bool = True) -> CTROutput:
+        """Loss of `labels` given `input_ids` under a task id or a code.
+
+        seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
+        target tokens and `labels` is aligned with them (IGNORE on source and padding).
+        With `target_only` the LM head runs on target positions only.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        B = input_ids.shape[0]
+        prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes)
+        order = right_pad_order(attention_mask)
+        ids = input_ids.gather(1, order)
+        mask = attention_mask.gather(1, order)
+        embeds = self.backbone.get_input_embeddings()(ids)
+        P = 0
+        if prompt is not None:
+            P = prompt.shape[1]
+            embeds = torch.cat([prompt.to(embeds.dtype), embeds], 1)
+            mask = torch.cat([mask.new_ones(B, P), mask], 1)
+        if self.seq2seq:
+            if labels is None:
+                raise ValueError("seq2seq backbones need labels (the decoder targets)")
+            dec_in = self.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = self.backbone(inputs_embeds=embeds, attention_mask=mask,
+                                   decoder_input_ids=dec_in, use_cache=False).logits
+            targets = labels
+            return self._finish(logits, targets, vq_loss, codes, logits if return_logits else None)
+        base = getattr(self.backbone, self.backbone.base_model_prefix)
+        hidden = base(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        lm_head = self.backbone.get_output_embeddings()
+        caller_logits = None
+        if return_logits or not target_only or labels is None:
+            full = self._head(lm_head, hidden[:, P:])
+            inverse = torch.argsort(order, dim=1)
+            caller_logits = full.gather(1, inverse[..., None].expand_as(full))
+        if labels is None:  # logits only
+            z, zb = hidden.new_zeros(()), hidden.new_zeros(B)
+            return CTROutput(z, z, vq_loss, z, zb, zb, zb.long(), codes, caller_logits)
+        lab = labels.gather(1, order)
+        if P:
+            lab = torch.cat([lab.new_full((B, P), IGNORE), lab], 1)
+        # position t predicts token t + 1
+        h, targets = hidden[:, :-1], lab[:, 1:]
+        if target_only:
+            sel = targets != IGNORE
+            token_logits = self._head(lm_head, h[sel])
+            return self._finish_selected(token_logits, targets, sel, vq_loss, codes, caller_logits)
+        logits = self._head(lm_head, h)
+        return self._finish(logits, targets, vq_loss, codes, caller_logits)
+
+    def _head(self, lm_head: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(h)
+        cap = getattr(self.backbone.config, "final_logit_softcapping", None)
+        if cap:  # e.g. Gemma 2 caps its logits inside its forward
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _finish(self, logits: torch.Tensor, targets: torch.Tensor, vq_loss: torch.Tensor,
+                codes: torch.Tensor | None, caller_logits: torch.Tensor | None) -> CTROutput:
+        sel = targets != IGNORE
+        return self._finish_selected(logits[sel], targets, sel, vq_loss, codes, caller_logits)
+
+    def _finish_selected(self, token_logits: torch.Tensor, targets: torch.Tensor,
+                         sel: torch.Tensor, vq_loss: torch.Tensor, codes: torch.Tensor | None,
+                         caller_logits: torch.Tensor | None) -> CTROutput:
+        token_loss = F.cross_entropy(token_logits.float(), targets[sel], reduction="none")
+        rows = sel.nonzero()[:, 0]
+        per_ex = torch.zeros(targets.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
+        counts = sel.sum(1)
+        total = token_loss.sum()
+        lm_loss = total / counts.sum().clamp(min=1)
+        vq_loss = vq_loss.float()
+        return CTROutput(
+            loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,
+            token_loss_sum=total, example_loss=per_ex / counts.clamp(min=1),
+            example_loss_sum=per_ex, target_tokens=counts, codes=codes, logits=caller_logits)
+
+    # ---- training helpers ------------------------------------------------------------
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stage 1: the LM is a fixed function (no grads, no dropout)."""
+        self.backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "CTRModel":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def ctr_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    @torch.no_grad()
+    def kmeans_init(self) -> None:
+        """Initialise the codebook by k-means over all task encodings."""
+        self._require_codes()
+        ids = torch.arange(self.config.num_tasks, device=self.encoder.device)
+        self.quantizer.init_from_encodings(self.encode_tasks(ids))
+
+    # ---- save / load -----------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, save_backbone: bool | None = None) -> None:
+        """Config JSON + safetensors + code table (+ the backbone when it was trained)."""
+        if save_backbone is None:
+            save_backbone = self.config.backbone_trained
+        self.config.backbone_trained = bool(save_backbone)
+        with atomic_dir(path) as tmp:
+            write_json(tmp / CONFIG_FILE, self.config.to_dict())
+            state = {k: v.detach().contiguous().cpu() for k, v in self.ctr_state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            write_json(tmp / CODE_TABLE_FILE, self.code_table())
+            if save_backbone:
+                self.backbone.save_pretrained(tmp / BACKBONE_DIR)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backbone: PreTrainedModel | None = None,
+                        tokenizer: PreTrainedTokenizerBase | None = None,
+                        dtype: torch.dtype = torch.float32) -> "CTRModel":
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{path}: not a CTR checkpoint (no {CONFIG_FILE})")
+        config = CTRConfig.from_dict(read_json(path / CONFIG_FILE))
+        if backbone is None:
+            source = str(path / BACKBONE_DIR) if config.backbone_trained else config.backbone
+            if not source:
+                raise ValueError(f"{path / CONFIG_FILE}: no backbone recorded; pass backbone=")
+            backbone, tokenizer = load_backbone(source, dtype=dtype)
+        model = cls(backbone, config, tokenizer)
+        state = load_file(str(path / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"{path / WEIGHTS_FILE}: missing {missing}, unexpected {unexpected}")
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device

@@ -1,0 +1,136 @@
+"""Training: stage 1 freezes the LM and trains all CTR parts, resume, NaN, stage 2, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctr.cli import main
+from ctr.config import TrainConfig
+from ctr.modeling import CTRModel
+from ctr.trainer import TrainingDiverged, train
+
+
+def cfg_for(tiny_paths, task_file, out, arch="llama", **kw):
+    base = dict(output_dir=str(out), model=str(tiny_paths[arch]), preset="tiny",
+                train_files=[str(task_file)], max_source_len=32, max_target_len=8,
+                code_length=3, codebook_size=8, save_every=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def backbone_state(path):
+    from ctr.backbone import load_backbone
+    model, _ = load_backbone(str(path))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file, tmp_path, arch):
+    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch)
+    torch.manual_seed(cfg.seed)
+    from ctr.trainer import build_model, load_tasks
+    init = build_model(cfg, load_tasks(cfg, verbose=False))
+    before = {k: v.clone() for k, v in init.ctr_state_dict().items()}
+    final = train(cfg)
+    trained = CTRModel.from_pretrained(final)
+    after = trained.ctr_state_dict()
+    for part in ("task_embedding.weight", "encoder", "quantizer.codebook", "decoder.weight"):
+        assert not torch.equal(before[part], after[part]), f"{part} did not change"
+    original = backbone_state(tiny_paths[arch])
+    for k, v in trained.backbone.state_dict().items():
+        assert torch.equal(v, original[k]), f"backbone weight {k} changed"
+    assert not (final / "backbone").exists()  # frozen backbone is referenced, not copied
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, cfg.steps + 1))
+    for key in ("loss", "vq_loss", "code_perplexity", "codes_in_use", "lr", "grad_norm"):
+        assert key in records[-1]
+    assert len(records[-1]["code_perplexity"]) == cfg.code_length
+
+
+@pytest.mark.parametrize("quantizer,stage", [("plain", 1), ("ema", 1), ("plain", 2)])
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_paths, task_file, tmp_path,
+                                                           quantizer, stage):
+    extra = dict(quantizer=quantizer)
+    if stage == 2:
+        s1 = train(cfg_for(tiny_paths, task_file, tmp_path / "s1"))
+        extra.update(stage=2, init_from=str(s1))
+    full = train(cfg_for(tiny_paths, task_file, tmp_path / "full", **extra))
+    cut = cfg_for(tiny_paths, task_file, tmp_path / "cut", **extra)
+    train(cut, stop_after=4)  # dies after step 4; the last checkpoint is step 3
+    assert (tmp_path / "cut" / "checkpoint-0000003").exists() and not (tmp_path / "cut" / "final").exists()
+    resumed = train(cfg_for(tiny_paths, task_file, tmp_path / "cut", resume=True, **extra))
+    a, b = load_file(str(full / "ctr_weights.safetensors")), load_file(str(resumed / "ctr_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if stage == 2:
+        fa = CTRModel.from_pretrained(full).backbone.state_dict()
+        fb = CTRModel.from_pretrained(resumed).backbone.state_dict()
+        assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    la = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    lb = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "step_time"} for x in lines]
+    assert strip(la) == strip(lb)
+
+
+def test_stage2_trains_backbone_and_saves_it(tiny_paths, task_file, tmp_path):
+    s1 = train(cfg_for(tiny_paths, task_file, tmp_path / "s1"))
+    s2 = train(cfg_for(tiny_paths, task_file, tmp_path / "s2", stage=2, init_from=str(s1)))
+    assert (s2 / "backbone" / "config.json").exists()
+    m1, m2 = CTRModel.from_pretrained(s1), CTRModel.from_pretrained(s2)
+    changed = [k for k, v in m1.backbone.state_dict().items() if not torch.equal(v, m2.backbone.state_dict()[k])]
+    assert changed
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_paths, task_file, tmp_path):
+    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run")
+
+    def poison(step, out):
+        if step == 4:
+            out.token_loss_sum = out.token_loss_sum * float("nan")
+        return out
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        train(cfg, hooks={"after_forward": poison})
+    ckpt = tmp_path / "run" / "checkpoint-0000003"
+    model = CTRModel.from_pretrained(ckpt / "model")
+    assert all(torch.isfinite(v).all() for v in model.ctr_state_dict().values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_paths, task_file, tmp_path):
+    a = train(cfg_for(tiny_paths, task_file, tmp_path / "a", micro_batch_size=1, steps=2))
+    b = train(cfg_for(tiny_paths, task_file, tmp_path / "b", micro_batch_size=4, steps=2))
+    wa, wb = load_file(str(a / "ctr_weights.safetensors")), load_file(str(b / "ctr_weights.safetensors"))
+    # learned parameters only: the usage statistic is an EMA per forward pass
+    for k in ("task_embedding.weight", "encoder", "quantizer.codebook", "decoder.weight"):
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_cli_train_and_codes(tiny_paths, task_file, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
+               str(task_file), "--output-dir", str(out), "--code-length", "3", "--codebook-size", "8",
+               "--max-source-len", "32", "--steps", "2"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Code table (3 tasks)" in printed and "Loss curve" in printed
+    assert main(["codes", str(out)]) == 0
+    assert "task0" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input(tiny_paths, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "a", "input": "x", "target": "y"}\n{"task": "a", "input": \n')
+    rc = main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
+               str(bad), "--output-dir", str(tmp_path / "o")])
+    assert rc == 2 and f"{bad}:2" in capsys.readouterr().err
+    rc = main(["train", "--model", str(tmp_path / "missing"), "--preset", "tiny", "--train-files",
+               str(tmp_path / "nope.jsonl"), "--output-dir", str(tmp_path / "o")])
+    assert rc == 2 and "nope.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse rejects a value outside the choices
+        main(["train", "--mixing", "weird"])
+    assert main(["train", "--stage", "3"]) == 2
+    assert "--stage must be 1 or 2" in capsys.readouterr().err
