@@ -7,7 +7,7 @@
   The L extra prompt positions are the only inherent cost.
 - target_only_ratio: a stage-1 CTR step whose LM head runs on target positions only,
   over the same step computing full-vocabulary logits for every position.
-Timings interleave the variants (A B A B ...) and report medians.
+Timings interleave the variants (A B, B A, ...) and report medians.
 """
 from __future__ import annotations
 
@@ -64,9 +64,10 @@ def timed(fns: dict, reps: int) -> dict[str, float]:
     for f in fns.values():  # warm-up
         f()
     times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            times[k].append(f())
+    order = list(fns)
+    for r in range(reps):
+        for k in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...: no position bias
+            times[k].append(fns[k]())
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--source-len", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
