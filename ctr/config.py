@@ -107,6 +107,9 @@ class TrainConfig:
     micro_batch_size: int | None = opt(None, "examples per forward pass per process")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
+    projection_lr_scale: float | None = opt(
+        None, "lr multiplier for the encoder and decoder matrices (Adam moves a wide linear "
+             "map's output by ~lr x fan-in per step; < 1 keeps codes stable)")
     min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -146,14 +149,24 @@ class TrainConfig:
 # Stage-dependent hyper-parameters; explicit flags override them.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     # The paper: 10k steps each, global batch 2048 / 1024, Adam lr 1e-2 / 1e-4, 320 warmup.
-    "paper": {1: dict(steps=10000, batch_size=2048, micro_batch_size=32, lr=1e-2, warmup_steps=320),
-              2: dict(steps=10000, batch_size=1024, micro_batch_size=16, lr=1e-4, warmup_steps=320)},
-    # A few minutes of CPU with SmolLM2.
-    "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10),
-                  2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10)},
-    "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4),
-                 2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2)},
+    "paper": {1: dict(steps=10000, batch_size=2048, micro_batch_size=32, lr=1e-2, warmup_steps=320,
+                     projection_lr_scale=1.0),
+              2: dict(steps=10000, batch_size=1024, micro_batch_size=16, lr=1e-4, warmup_steps=320,
+                      projection_lr_scale=1.0)},
+    # A few minutes of CPU with SmolLM2. The released code never updated its encoder; ours
+    # does, and Adam at lr 1e-2 on a 576-wide projection moves codes by ~5 units a step
+    # (VQ loss 6 -> 18 in 16 SmolLM2 steps); 0.01 x lr keeps it flat (results/lr_check.md).
+    "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10,
+                       projection_lr_scale=0.01),
+                  2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10,
+                       projection_lr_scale=1.0)},
+    "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4,
+                      projection_lr_scale=0.01),
+                 2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2,
+                      projection_lr_scale=1.0)},
     # Tests on tiny random models.
-    "tiny": {1: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, warmup_steps=1),
-             2: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1)},
+    "tiny": {1: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, warmup_steps=1,
+                    projection_lr_scale=1.0),
+             2: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1,
+                    projection_lr_scale=1.0)},
 }

@@ -40,6 +40,17 @@ class CTROutput:
     logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
 
 
+@dataclass
+class PreparedInputs:
+    embeds: torch.Tensor  # [B, P + T, H]
+    mask: torch.Tensor  # [B, P + T]
+    positions: torch.Tensor  # [B, P + T] position of each token among the real ones
+    codes: torch.Tensor | None
+    vq_loss: torch.Tensor
+    order: torch.Tensor  # [B, T] caller column of each token (before the prompt is added)
+    prompt_len: int
+
+
 def right_pad_order(mask: torch.Tensor) -> torch.Tensor:
     """Column order that moves each row's real tokens first, keeping their order.
 
@@ -151,15 +162,14 @@ class CTRModel(nn.Module):
             raise ValueError("this model has no codes (use_codes=False)")
 
     # ---- forward -------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
-                codes: torch.Tensor | None = None, return_logits: bool = False,
-                target_only: bool = True) -> CTROutput:
-        """Loss of `labels` given `input_ids` under a task id or a code.
+    def embed_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     task_ids: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                     pad_side: str = "right") -> PreparedInputs:
+        """Input embeddings with the soft prompt right before each row's first real token.
 
-        seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
-        target tokens and `labels` is aligned with them (IGNORE on source and padding).
-        With `target_only` the LM head runs on target positions only.
+        Whatever padding the caller used, rows come back padded on `pad_side` with
+        contiguous real tokens: positions then depend on content only (T5's relative and
+        decoder-only absolute positions alike). "left" suits continuing from a KV cache.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -174,6 +184,28 @@ class CTRModel(nn.Module):
             P = prompt.shape[1]
             embeds = torch.cat([prompt.to(embeds.dtype), embeds], 1)
             mask = torch.cat([mask.new_ones(B, P), mask], 1)
+        if pad_side == "left":
+            shift = torch.argsort((mask != 0).to(torch.int8), dim=1, stable=True)  # pads first
+            embeds = embeds.gather(1, shift[..., None].expand_as(embeds))
+            mask = mask.gather(1, shift)
+        elif pad_side != "right":
+            raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return PreparedInputs(embeds, mask, positions, codes, vq_loss, order, P)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
+                codes: torch.Tensor | None = None, return_logits: bool = False,
+                target_only: bool = True) -> CTROutput:
+        """Loss of `labels` given `input_ids` under a task id or a code.
+
+        seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
+        target tokens and `labels` is aligned with them (IGNORE on source and padding).
+        With `target_only` the LM head runs on target positions only.
+        """
+        x = self.embed_inputs(input_ids, attention_mask, task_ids, codes)
+        B, P, order, codes, vq_loss = input_ids.shape[0], x.prompt_len, x.order, x.codes, x.vq_loss
+        embeds, mask = x.embeds, x.mask
         if self.seq2seq:
             if labels is None:
                 raise ValueError("seq2seq backbones need labels (the decoder targets)")
@@ -182,12 +214,10 @@ class CTRModel(nn.Module):
                                    decoder_input_ids=dec_in, use_cache=False).logits
             targets = labels
             return self._finish(logits, targets, vq_loss, codes, logits if return_logits else None)
-        base = getattr(self.backbone, self.backbone.base_model_prefix)
-        hidden = base(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        lm_head = self.backbone.get_output_embeddings()
+        hidden = self.body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         caller_logits = None
         if return_logits or not target_only or labels is None:
-            full = self._head(lm_head, hidden[:, P:])
+            full = self.lm_logits(hidden[:, P:])
             inverse = torch.argsort(order, dim=1)
             caller_logits = full.gather(1, inverse[..., None].expand_as(full))
         if labels is None:  # logits only
@@ -200,13 +230,19 @@ class CTRModel(nn.Module):
         h, targets = hidden[:, :-1], lab[:, 1:]
         if target_only:
             sel = targets != IGNORE
-            token_logits = self._head(lm_head, h[sel])
+            token_logits = self.lm_logits(h[sel])
             return self._finish_selected(token_logits, targets, sel, vq_loss, codes, caller_logits)
-        logits = self._head(lm_head, h)
+        logits = self.lm_logits(h)
         return self._finish(logits, targets, vq_loss, codes, caller_logits)
 
-    def _head(self, lm_head: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        logits = lm_head(h)
+    @property
+    def body(self) -> nn.Module:
+        """A decoder-only backbone without its LM head (returns hidden states)."""
+        return getattr(self.backbone, self.backbone.base_model_prefix)
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states h [..., H] (only where logits are needed)."""
+        logits = self.backbone.get_output_embeddings()(h)
         cap = getattr(self.backbone.config, "final_logit_softcapping", None)
         if cap:  # e.g. Gemma 2 caps its logits inside its forward
             logits = torch.tanh(logits / cap) * cap

@@ -93,12 +93,17 @@ def _model_dir(path: str) -> Path:
 
 
 def make_optimizer(model: CTRModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # biases and norms
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    projections = {"encoder", "decoder.weight"}
+    decay = [p for n, p in named if p.dim() >= 2 and n not in projections]
+    proj = [p for n, p in named if n in projections]
+    no_decay = [p for n, p in named if p.dim() < 2]  # biases and norms
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": proj, "weight_decay": cfg.weight_decay,
+               "lr": cfg.lr * cfg.projection_lr_scale},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2))
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:

@@ -1,0 +1,225 @@
+"""T0-style evaluation (`ctr eval`): rank classification per template, medians per task.
+
+The same harness scores (a) a bare backbone (zero-shot prompted baseline), (b) a CTR
+checkpoint with a code per task, (c) a multi-task fine-tuned checkpoint without codes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .backbone import load_backbone
+from .config import CTRConfig, opt
+from .eval_tasks import (get_task, list_tasks, load_examples, render_task, select_templates,
+                         task_templates, usable_templates)
+from .fileio import read_json, write_json
+from .modeling import CONFIG_FILE, CTRModel
+from .scoring import RankScorer, tokenize_request
+
+# ../shared/CTR_SPEC.md section 5: the released code's T5-Large results (accuracy %).
+PAPER_REFERENCE = {
+    "anli_r1": (33.4, 35.0), "anli_r2": (34.4, 32.9), "anli_r3": (33.8, 38.7),
+    "super_glue_cb": (87.5, 78.6), "super_glue_rte": (80.5, 81.2), "super_glue_copa": (92.0, 91.0),
+    "hellaswag": (27.6, 34.9), "story_cloze_2016": (90.1, 92.0), "super_glue_wic": (56.6, 56.6),
+    "super_glue_wsc.fixed": (62.5, 68.2), "winogrande_winogrande_xl": (49.4, 55.2),
+}
+
+
+@dataclass
+class EvalConfig:
+    model: str = opt("smollm2", "backbone (name, folder, hub id) or a CTR / multi-task checkpoint folder")
+    suite: Literal["t0", "near"] = opt("t0", "task suite: the 11 held-out T0 tasks or near-transfer sets")
+    tasks: list[str] = opt([], "task names (data folder names); default: the whole suite")
+    templates: list[str] = opt([], "template names to use (default: the original-task templates)")
+    all_templates: bool = opt(False, "use every usable template, not only original-task ones")
+    max_examples: int | None = opt(None, "seeded subsample of at most N evaluation examples per task")
+    seed: int = opt(0, "subsample seed")
+    exclude_indices: str | None = opt(
+        None, "JSON {task: [example index, ...]} kept out of evaluation (used for selection)")
+    code: str | None = opt(None, "one code for every task, e.g. 12,5,0,...")
+    codes_file: str | None = opt(None, "JSON {task: code} (from ctr zero-label / few-shot)")
+    batch_size: int = opt(16, "inputs per scoring batch (halved on out-of-memory)")
+    max_input_len: int = opt(1024, "input tokens kept (from the end)")
+    target_delimiter: str = opt(" ", "text between input and choice for decoder-only models")
+    zero_shot_results: str | None = opt(None, "results.json of the bare backbone, shown as a column")
+    data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
+    output_dir: str = opt("runs/eval", "where results.json and results.md go")
+
+
+def load_for_eval(name_or_path: str) -> CTRModel:
+    """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes."""
+    p = Path(name_or_path)
+    for cand in (p / "final", p / "model", p):
+        if (cand / CONFIG_FILE).exists():
+            return CTRModel.from_pretrained(cand)
+    backbone, tok = load_backbone(name_or_path)
+    return CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
+
+
+def parse_code(text: str, flag: str = "--code") -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
+def codes_for_tasks(model: CTRModel, cfg: EvalConfig, tasks: list[str]) -> dict[str, list[int] | None]:
+    if not model.config.use_codes:
+        if cfg.code or cfg.codes_file:
+            raise ValueError("--code/--codes-file given, but the model has no codes")
+        return {t: None for t in tasks}
+    if cfg.code:
+        code = parse_code(cfg.code)
+        model.check_codes(torch.tensor(code))  # shape and range, with a clear message
+        return {t: code for t in tasks}
+    if cfg.codes_file:
+        table = read_json(cfg.codes_file)
+        missing = [t for t in tasks if t not in table]
+        if missing:
+            raise ValueError(f"--codes-file {cfg.codes_file}: no code for {missing}")
+        for t in tasks:
+            try:
+                model.check_codes(torch.tensor(table[t]))
+            except ValueError as e:
+                raise ValueError(f"--codes-file {cfg.codes_file}: task {t}: {e}") from None
+        return {t: table[t] for t in tasks}
+    raise ValueError("this CTR model needs a code per task: pass --code or --codes-file "
+                     "(ctr zero-label / ctr few-shot write one)")
+
+
+def fingerprint(model: CTRModel) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"backbone": model.config.backbone, "use_codes": model.config.use_codes,
+            "backbone_trained": model.config.backbone_trained,
+            "parameters": sum(p.numel() for p in model.parameters()), "sha256": h.hexdigest()[:16]}
+
+
+def hardware() -> dict[str, Any]:
+    info = {"platform": platform.platform(), "cpu": platform.machine(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    tasks = cfg.tasks or [t.name for t in list_tasks(cfg.suite)]
+    tasks = [get_task(t).name for t in tasks]  # unknown names: a clear error, before any work
+    codes = codes_for_tasks(model, cfg, tasks)
+    excluded = read_json(cfg.exclude_indices) if cfg.exclude_indices else {}
+    scorer = RankScorer(model, cfg.batch_size, progress)
+    tok = model.tokenizer
+    t_start = time.time()
+    results: dict[str, Any] = {}
+    for name in tasks:
+        task = get_task(name)
+        examples = load_examples(task, "eval", root=cfg.data_dir)
+        drop = set(excluded.get(name, []))
+        examples = [e for e in examples if e.index not in drop]
+        if cfg.max_examples and len(examples) > cfg.max_examples:
+            import random
+            keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.max_examples))
+            examples = [examples[i] for i in keep]
+        if cfg.templates:
+            templates = select_templates(task_templates(task, cfg.data_dir), cfg.templates)
+            report = None
+        else:
+            report = usable_templates(task, original_only=not cfg.all_templates,
+                                      root=cfg.data_dir, examples=examples)
+            templates = report.usable
+        per_template: dict[str, Any] = {}
+        for template in templates:
+            instances, skipped = render_task(task, template, examples)
+            if not instances:
+                per_template[template.name] = {"n": 0, "skipped": dict(skipped)}
+                continue
+            reqs = [tokenize_request(tok, i.prompt.input_text, list(i.prompt.choices), model.seq2seq,
+                                     cfg.max_input_len, cfg.target_delimiter, codes[name])
+                    for i in instances]
+            scores = scorer.score(reqs)
+            gold = [i.label_index for i in instances]
+            acc = sum(s.prediction() == g for s, g in zip(scores, gold)) / len(gold)
+            acc_norm = sum(s.prediction(True) == g for s, g in zip(scores, gold)) / len(gold)
+            per_template[template.name] = {"n": len(gold), "accuracy": round(100 * acc, 2),
+                                           "accuracy_norm": round(100 * acc_norm, 2),
+                                           "skipped": {str(k): v for k, v in skipped.items()}}
+        accs = [v["accuracy"] for v in per_template.values() if v["n"]]
+        norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
+        results[name] = {
+            "examples": len(examples), "code": codes[name], "templates": per_template,
+            "median": round(statistics.median(accs), 2) if accs else None,
+            "mean": round(statistics.mean(accs), 2) if accs else None,
+            "median_norm": round(statistics.median(norms), 2) if norms else None,
+            "unusable_templates": [str(s) for s in report.skipped] if report else [],
+        }
+        if progress:
+            print(f"[eval] {name}: median {results[name]['median']} over {len(accs)} templates "
+                  f"({len(examples)} examples)", flush=True)
+    medians = [r["median"] for r in results.values() if r["median"] is not None]
+    return {
+        "config": dataclasses.asdict(cfg), "model": fingerprint(model), "hardware": hardware(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - t_start, 1),
+        "tasks": results,
+        "average_of_medians": round(statistics.mean(medians), 2) if medians else None,
+    }
+
+
+def markdown_table(res: dict[str, Any], zero_shot: dict[str, Any] | None = None) -> str:
+    """Results as Markdown, with the backbone's zero-shot column and the paper's numbers."""
+    cfg = res["config"]
+    head = ["task", "templates", "examples", "median acc", "mean acc", "median acc (norm)"]
+    if zero_shot:
+        head.append("backbone zero-shot (median)")
+    head += ["paper CTR zero-label", "paper CTR few-shot"]
+    lines = [f"Model: `{cfg['model']}` ({res['model']['sha256']}); suite {cfg['suite']}; "
+             f"max examples {cfg['max_examples']}, seed {cfg['seed']}; {res['seconds']} s on "
+             f"{res['hardware']['cpu']} ({res['hardware'].get('gpu', 'CPU')})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(x: Any) -> str:
+        return "-" if x is None else f"{x:.1f}"
+    for name, r in res["tasks"].items():
+        n_t = sum(1 for v in r["templates"].values() if v["n"])
+        row = [name, str(n_t), str(r["examples"]), fmt(r["median"]), fmt(r["mean"]), fmt(r["median_norm"])]
+        if zero_shot:
+            row.append(fmt(zero_shot["tasks"].get(name, {}).get("median")))
+        ref = PAPER_REFERENCE.get(name)
+        row += [fmt(ref[0]) if ref else "-", fmt(ref[1]) if ref else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    avg = ["**average of medians**", "", "", f"**{fmt(res['average_of_medians'])}**", "", ""]
+    if zero_shot:
+        common = [zero_shot["tasks"][t]["median"] for t in res["tasks"] if t in zero_shot["tasks"]]
+        avg.append(fmt(statistics.mean(common)) if common else "-")
+    refs = [PAPER_REFERENCE[t] for t in res["tasks"] if t in PAPER_REFERENCE]
+    avg += [fmt(statistics.mean(r[0] for r in refs)) if refs else "-",
+            fmt(statistics.mean(r[1] for r in refs)) if refs else "-"]
+    lines.append("| " + " | ".join(avg) + " |")
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    model = load_for_eval(cfg.model)
+    res = evaluate(model, cfg)
+    zero = read_json(cfg.zero_shot_results) if cfg.zero_shot_results else None
+    if zero is None and not model.config.use_codes and not model.config.backbone_trained:
+        zero = res  # the bare backbone is its own zero-shot column
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", res)
+    table = markdown_table(res, zero)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\n[eval] wrote {out / 'results.json'} and {out / 'results.md'}")
+    return res

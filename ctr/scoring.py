@@ -1,0 +1,157 @@
+"""Rank classification: log-likelihood of every answer choice given the input.
+
+Each input is processed once and all its choices are scored from it:
+- seq2seq: one encoder pass per input; the decoder runs on (input, choice) pairs over the
+  shared encoder states.
+- decoder-only: one pass over the input that keeps its KV cache; the choices continue
+  from that cache (rows repeated per choice), and the LM head runs on choice tokens only.
+Batches are sorted by length; the batch size halves on out-of-memory and retries.
+Every request may carry its own code, so one batch can mix tasks.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .modeling import IGNORE, CTRModel
+
+
+@dataclass
+class ScoreRequest:
+    input_ids: list[int]
+    choices: list[list[int]]  # token ids of each answer choice (non-empty)
+    code: list[int] | None = None  # this request's code (CTR models with codes)
+
+
+@dataclass
+class ChoiceScores:
+    logprob: list[float]  # summed log-likelihood of each choice's tokens
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> list[float]:
+        return [lp / max(n, 1) for lp, n in zip(self.logprob, self.tokens)]
+
+    def prediction(self, normalised: bool = False) -> int:
+        scores = self.mean_logprob if normalised else self.logprob
+        return max(range(len(scores)), key=scores.__getitem__)
+
+
+def tokenize_request(tokenizer, input_text: str, choices: list[str], seq2seq: bool,
+                     max_input_len: int = 1024, target_delimiter: str = " ",
+                     code: list[int] | None = None) -> ScoreRequest:
+    """Token ids as training sees them: source and target tokenised separately.
+    Decoder-only choices get `target_delimiter` in front (as lm-evaluation-harness does);
+    seq2seq inputs and choices end with EOS (as T0 scores them)."""
+    eos = tokenizer.eos_token_id
+    src = tokenizer(input_text, add_special_tokens=False).input_ids
+    if seq2seq:
+        src = src[-(max_input_len - 1):] + [eos]
+        outs = [tokenizer(c, add_special_tokens=False).input_ids + [eos] for c in choices]
+    else:
+        src = src[-max_input_len:]
+        outs = [tokenizer(target_delimiter + c, add_special_tokens=False).input_ids for c in choices]
+    if any(len(o) == 0 for o in outs):
+        raise ValueError(f"an answer choice tokenises to nothing: {choices!r}")
+    return ScoreRequest(src, outs, code)
+
+
+def cache_kwarg(body: torch.nn.Module, cache) -> dict:
+    """transformers renamed `past_key_values` to `cache` (5.x); pass whichever it takes."""
+    params = inspect.signature(body.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+class RankScorer:
+    def __init__(self, model: CTRModel, batch_size: int = 16, progress: bool = True):
+        self.model = model
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @torch.no_grad()
+    def score(self, requests: list[ScoreRequest]) -> list[ChoiceScores]:
+        self.model.eval()
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].input_ids))
+        results: list[ChoiceScores | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="scoring", disable=not self.progress, leave=False)
+        start = 0
+        while start < len(order):
+            idx = order[start:start + self.batch_size]
+            try:
+                scored = self._score_batch([requests[i] for i in idx])
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size //= 2  # adapt to memory, then retry the same rows
+                continue
+            for i, s in zip(idx, scored):
+                results[i] = s
+            start += len(idx)
+            bar.update(len(idx))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _codes(self, batch: list[ScoreRequest]) -> torch.Tensor | None:
+        if not self.model.config.use_codes:
+            if any(r.code is not None for r in batch):
+                raise ValueError("codes given for a model without codes")
+            return None
+        if any(r.code is None for r in batch):
+            raise ValueError("this CTR model needs a code for every request")
+        return torch.tensor([r.code for r in batch], dtype=torch.long)
+
+    def _score_batch(self, batch: list[ScoreRequest]) -> list[ChoiceScores]:
+        m = self.model
+        dev = m.device
+        width = max(len(r.input_ids) for r in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, :len(r.input_ids)] = torch.tensor(r.input_ids)
+            mask[i, :len(r.input_ids)] = 1
+        codes = self._codes(batch)
+        pair_row = torch.tensor([i for i, r in enumerate(batch) for _ in r.choices], device=dev)
+        choices = [c for r in batch for c in r.choices]
+        cwidth = max(len(c) for c in choices)
+        cids = torch.full((len(choices), cwidth), IGNORE, dtype=torch.long)
+        for j, c in enumerate(choices):
+            cids[j, :len(c)] = torch.tensor(c)
+        cids = cids.to(dev)
+        cmask = cids != IGNORE
+        if m.seq2seq:
+            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="right")
+            enc = m.backbone.get_encoder()(inputs_embeds=x.embeds, attention_mask=x.mask).last_hidden_state
+            dec_in = m.backbone.prepare_decoder_input_ids_from_labels(labels=cids)
+            logits = m.backbone(encoder_outputs=(enc[pair_row],), attention_mask=x.mask[pair_row],
+                                decoder_input_ids=dec_in, use_cache=False).logits
+            token_logits = logits[cmask]
+        else:
+            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="left")
+            out = m.body(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
+                         use_cache=True)
+            cache = out.cache if "cache" in out else out.past_key_values
+            cache.reorder_cache(pair_row)  # each input's cache, once per choice
+            pmask = x.mask[pair_row]
+            start = pmask.sum(1, keepdim=True)
+            steps = torch.arange(cwidth, device=dev)
+            h = m.body(input_ids=cids.clamp(min=0), attention_mask=torch.cat([pmask, cmask.long()], 1),
+                       position_ids=start + steps, use_cache=True, **cache_kwarg(m.body, cache)
+                       ).last_hidden_state
+            # choice token t is predicted by the hidden state before it: the input's last
+            # state for t = 0, the choice's own state t - 1 after that
+            pred = torch.cat([out.last_hidden_state[pair_row, -1:], h[:, :-1]], 1)
+            token_logits = m.lm_logits(pred[cmask])
+        logp = F.log_softmax(token_logits.float(), -1).gather(1, cids[cmask][:, None]).squeeze(1)
+        rows = cmask.nonzero()[:, 0]
+        per_choice = torch.zeros(len(choices), device=dev).index_add(0, rows, logp).tolist()
+        counts = cmask.sum(1).tolist()
+        out_scores, k = [], 0
+        for r in batch:
+            n = len(r.choices)
+            out_scores.append(ChoiceScores(per_choice[k:k + n], counts[k:k + n]))
+            k += n
+        return out_scores
