@@ -53,6 +53,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, run_eval
+    run_eval(dataclass_from_args(EvalConfig, args))
+    return 0
+
+
 def cmd_codes(args: argparse.Namespace) -> int:
     """Print the code table of a checkpoint."""
     from .fileio import read_json
@@ -71,11 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="multi-task training (stage 1: LM frozen; stage 2: all)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       )
     add_dataclass_args(p, TrainConfig)
     p.add_argument("--stop-after", type=int, default=None,
                    help="end this call after N steps without a final save (time-sliced jobs)")
     p.set_defaults(func=cmd_train)
+    from .evaluate import EvalConfig
+    p = sub.add_parser("eval", help="T0-style rank-classification evaluation",
+                       )
+    add_dataclass_args(p, EvalConfig)
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
