@@ -59,6 +59,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zero_label(args: argparse.Namespace) -> int:
+    from .zero_label import ZeroLabelConfig, run_zero_label
+    run_zero_label(dataclass_from_args(ZeroLabelConfig, args))
+    return 0
+
+
+def cmd_few_shot(args: argparse.Namespace) -> int:
+    from .few_shot import FewShotConfig, run_few_shot
+    run_few_shot(dataclass_from_args(FewShotConfig, args))
+    return 0
+
+
 def cmd_codes(args: argparse.Namespace) -> int:
     """Print the code table of a checkpoint."""
     from .fileio import read_json
@@ -87,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
                        )
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
+    from .few_shot import FewShotConfig
+    from .zero_label import ZeroLabelConfig
+    p = sub.add_parser("zero-label", help="Code Ensemble: pick a training code without labels")
+    add_dataclass_args(p, ZeroLabelConfig)
+    p.set_defaults(func=cmd_zero_label)
+    p = sub.add_parser("few-shot", help="Bitwise Search from k labelled shots (+ baselines)")
+    add_dataclass_args(p, FewShotConfig)
+    p.set_defaults(func=cmd_few_shot)
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)

@@ -114,10 +114,13 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
+             prompts: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Accuracy per template, medians per task. `prompts` gives a continuous prompt per
+    task (prompt tuning) in place of a code."""
     tasks = cfg.tasks or [t.name for t in list_tasks(cfg.suite)]
     tasks = [get_task(t).name for t in tasks]  # unknown names: a clear error, before any work
-    codes = codes_for_tasks(model, cfg, tasks)
+    codes = {t: None for t in tasks} if prompts else codes_for_tasks(model, cfg, tasks)
     excluded = read_json(cfg.exclude_indices) if cfg.exclude_indices else {}
     scorer = RankScorer(model, cfg.batch_size, progress)
     tok = model.tokenizer
@@ -148,7 +151,8 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True) -> dict[st
             reqs = [tokenize_request(tok, i.prompt.input_text, list(i.prompt.choices), model.seq2seq,
                                      cfg.max_input_len, cfg.target_delimiter, codes[name])
                     for i in instances]
-            scores = scorer.score(reqs)
+            task_scorer = RankScorer(model, scorer.batch_size, progress, prompts[name]) if prompts else scorer
+            scores = task_scorer.score(reqs)
             gold = [i.label_index for i in instances]
             acc = sum(s.prediction() == g for s, g in zip(scores, gold)) / len(gold)
             acc_norm = sum(s.prediction(True) == g for s, g in zip(scores, gold)) / len(gold)
@@ -158,7 +162,8 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True) -> dict[st
         accs = [v["accuracy"] for v in per_template.values() if v["n"]]
         norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
         results[name] = {
-            "examples": len(examples), "code": codes[name], "templates": per_template,
+            "examples": len(examples), "indices": [e.index for e in examples],
+            "code": codes[name], "templates": per_template,
             "median": round(statistics.median(accs), 2) if accs else None,
             "mean": round(statistics.mean(accs), 2) if accs else None,
             "median_norm": round(statistics.median(norms), 2) if norms else None,

@@ -164,7 +164,7 @@ class CTRModel(nn.Module):
     # ---- forward -------------------------------------------------------------------
     def embed_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      task_ids: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                     pad_side: str = "right") -> PreparedInputs:
+                     pad_side: str = "right", prompt: torch.Tensor | None = None) -> PreparedInputs:
         """Input embeddings with the soft prompt right before each row's first real token.
 
         Whatever padding the caller used, rows come back padded on `pad_side` with
@@ -174,7 +174,12 @@ class CTRModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         B = input_ids.shape[0]
-        prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes)
+        if prompt is not None:  # a continuous prompt [P, H] (prompt tuning) instead of a code
+            if task_ids is not None or codes is not None:
+                raise ValueError("pass a prompt or a code/task id, not both")
+            prompt, vq_loss = prompt.expand(B, *prompt.shape[-2:]), prompt.new_zeros(())
+        else:
+            prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes)
         order = right_pad_order(attention_mask)
         ids = input_ids.gather(1, order)
         mask = attention_mask.gather(1, order)
@@ -196,14 +201,14 @@ class CTRModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
                 codes: torch.Tensor | None = None, return_logits: bool = False,
-                target_only: bool = True) -> CTROutput:
+                target_only: bool = True, prompt: torch.Tensor | None = None) -> CTROutput:
         """Loss of `labels` given `input_ids` under a task id or a code.
 
         seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
         target tokens and `labels` is aligned with them (IGNORE on source and padding).
         With `target_only` the LM head runs on target positions only.
         """
-        x = self.embed_inputs(input_ids, attention_mask, task_ids, codes)
+        x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
         B, P, order, codes, vq_loss = input_ids.shape[0], x.prompt_len, x.order, x.codes, x.vq_loss
         embeds, mask = x.embeds, x.mask
         if self.seq2seq:

@@ -67,10 +67,12 @@ def cache_kwarg(body: torch.nn.Module, cache) -> dict:
 
 
 class RankScorer:
-    def __init__(self, model: CTRModel, batch_size: int = 16, progress: bool = True):
+    def __init__(self, model: CTRModel, batch_size: int = 16, progress: bool = True,
+                 prompt: torch.Tensor | None = None):
         self.model = model
         self.batch_size = batch_size
         self.progress = progress
+        self.prompt = prompt  # a continuous prompt [P, H] for every request (prompt tuning)
 
     @torch.no_grad()
     def score(self, requests: list[ScoreRequest]) -> list[ChoiceScores]:
@@ -96,9 +98,9 @@ class RankScorer:
         return results  # type: ignore[return-value]
 
     def _codes(self, batch: list[ScoreRequest]) -> torch.Tensor | None:
-        if not self.model.config.use_codes:
+        if not self.model.config.use_codes or self.prompt is not None:
             if any(r.code is not None for r in batch):
-                raise ValueError("codes given for a model without codes")
+                raise ValueError("codes given for a model without codes (or with a prompt)")
             return None
         if any(r.code is None for r in batch):
             raise ValueError("this CTR model needs a code for every request")
@@ -123,14 +125,16 @@ class RankScorer:
         cids = cids.to(dev)
         cmask = cids != IGNORE
         if m.seq2seq:
-            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="right")
+            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="right",
+                               prompt=self.prompt)
             enc = m.backbone.get_encoder()(inputs_embeds=x.embeds, attention_mask=x.mask).last_hidden_state
             dec_in = m.backbone.prepare_decoder_input_ids_from_labels(labels=cids)
             logits = m.backbone(encoder_outputs=(enc[pair_row],), attention_mask=x.mask[pair_row],
                                 decoder_input_ids=dec_in, use_cache=False).logits
             token_logits = logits[cmask]
         else:
-            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="left")
+            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="left",
+                               prompt=self.prompt)
             out = m.body(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
                          use_cache=True)
             cache = out.cache if "cache" in out else out.past_key_values

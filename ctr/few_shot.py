@@ -1,0 +1,159 @@
+"""`ctr few-shot`: Bitwise Search from k labelled shots, with its baselines.
+
+For each task: k label-balanced shots (train split; or part of validation, then kept out
+of evaluation), rendered with the selection templates. Reported side by side through the
+evaluation harness: the best training-task code ("discrete search only"), the Bitwise
+Search code, and optionally prompt tuning on the same shots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .bitwise_search import Shot, ShotObjective, bitwise_search
+from .config import opt
+from .eval_tasks import get_task, list_tasks, render_task
+from .evaluate import PAPER_REFERENCE, EvalConfig, evaluate, load_for_eval
+from .fileio import write_json
+from .modeling import CTRModel
+from .prompt_tuning import tune_prompt
+from .scoring import RankScorer, tokenize_request
+from .splits import few_shot
+from .zero_label import AdaptCommon, candidate_codes, selection_templates
+
+
+@dataclass
+class FewShotConfig(AdaptCommon):
+    shots: int = opt(32, "labelled shots per task (label-balanced, seeded)")
+    objective: Literal["loss", "accuracy"] = opt("loss", "summed target loss, or errors (loss breaks ties)")
+    values: Literal["all", "seen"] = opt(
+        "all", "values tried per position: all K, or those seen there in training codes")
+    max_sweeps: int = opt(20, "maximum sweeps over the positions")
+    holdout: float = opt(0.0, "fraction of shots held out: the search runs on the rest and the "
+                              "returned code is the trajectory point best on the held-out shots")
+    prompt_tuning: bool = opt(False, "also train and evaluate a continuous prompt on the same shots")
+    prompt_steps: int = opt(50, "prompt-tuning steps")
+    prompt_lr: float = opt(3e-3, "prompt-tuning learning rate")
+    output_dir: str = opt("runs/few_shot", "where trajectories, codes and results go")
+
+
+def make_shots(model: CTRModel, task, examples, templates, cfg: AdaptCommon) -> list[Shot]:
+    shots = []
+    for template in templates:
+        instances, _ = render_task(task, template, examples)
+        for i in instances:
+            r = tokenize_request(model.tokenizer, i.prompt.input_text, list(i.prompt.choices),
+                                 model.seq2seq, cfg.max_input_len, cfg.target_delimiter)
+            shots.append(Shot(r.input_ids, r.choices, i.label_index))
+    return shots
+
+
+def seen_values(candidates: list[tuple[list[int], list[str]]], L: int) -> list[list[int]]:
+    return [sorted({code[p] for code, _ in candidates}) for p in range(L)]
+
+
+def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
+               candidates: list[tuple[list[int], list[str]]], scorer: RankScorer, out: Path
+               ) -> dict[str, Any]:
+    task = get_task(name)
+    split = few_shot(task, cfg.shots, cfg.seed, cfg.data_dir)
+    examples = list(split.examples)
+    held: list = []
+    if cfg.holdout > 0:
+        random.Random(cfg.seed).shuffle(examples)
+        n_held = max(1, round(cfg.holdout * len(examples)))
+        held, examples = examples[:n_held], examples[n_held:]
+    templates = selection_templates(task, cfg)
+    search_obj = ShotObjective(scorer, make_shots(model, task, examples, templates, cfg), cfg.objective)
+    L, K = model.config.code_length, model.config.codebook_size
+    values = seen_values(candidates, L) if cfg.values == "seen" else [list(range(K))] * L
+    t0 = time.time()
+    result = bitwise_search(search_obj, [c for c, _ in candidates], values, cfg.max_sweeps, cfg.seed,
+                            trajectory_path=out / f"trajectory_{name}.jsonl", chunk=max(1, 256 // max(1, len(search_obj.shots))))
+    chosen, how = result.code, "search objective"
+    held_scores = None
+    if held:
+        held_obj = ShotObjective(scorer, make_shots(model, task, held, templates, cfg), cfg.objective)
+        visited = [result.start_code] + [r["code"] for r in result.trajectory[1:] if r.get("accepted")]
+        held_scores = held_obj(visited)
+        chosen = visited[min(range(len(visited)), key=lambda i: (held_scores[i], -i))]
+        how = "held-out shots"
+    start_tasks = next(t for c, t in candidates if c == result.start_code)
+    return {"code": chosen, "chosen_by": how, "start_code": result.start_code, "start_tasks": start_tasks,
+            "start_objective": result.start_objective, "search_code": result.code,
+            "search_objective": result.objective, "sweeps": result.sweeps,
+            "codes_scored": result.evaluations, "seconds": round(time.time() - t0, 1),
+            "held_out_objectives": held_scores, "shots": [e.index for e in split.examples],
+            "shot_source": split.source, "exclude": split.exclude,
+            "templates": [t.name for t in templates], "search_shots": len(search_obj.shots)}
+
+
+def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
+    model = load_for_eval(cfg.checkpoint)
+    if not model.config.use_codes:
+        raise ValueError(f"--checkpoint {cfg.checkpoint}: a model without codes cannot search codes")
+    tasks = [get_task(t).name for t in (cfg.tasks or [t.name for t in list_tasks(cfg.suite)])]
+    candidates = candidate_codes(model, cfg.candidates_file)
+    scorer = RankScorer(model, cfg.batch_size)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapted = {}
+    for name in tasks:
+        adapted[name] = a = adapt_task(model, name, cfg, candidates, scorer, out)
+        print(f"[few-shot] {name}: start {a['start_code']} ({a['start_tasks'][0]}, objective "
+              f"{a['start_objective']:.3f}) -> {a['search_code']} (objective {a['search_objective']:.3f}) "
+              f"in {a['sweeps']} sweeps, {a['codes_scored']} codes, {a['seconds']}s", flush=True)
+    write_json(out / "few_shot.json", {"config": dataclasses.asdict(cfg), "tasks": adapted})
+    write_json(out / "codes.json", {t: a["code"] for t, a in adapted.items()})
+    write_json(out / "codes_discrete.json", {t: a["start_code"] for t, a in adapted.items()})
+    write_json(out / "exclude.json", {t: a["exclude"] for t, a in adapted.items()})
+    if cfg.no_eval:
+        return {"adapted": adapted}
+
+    def eval_with(**kw) -> dict[str, Any]:
+        return evaluate(model, EvalConfig(
+            model=cfg.checkpoint, suite=cfg.suite, tasks=tasks, templates=cfg.templates,
+            max_examples=cfg.max_examples, seed=cfg.seed, exclude_indices=str(out / "exclude.json"),
+            batch_size=cfg.batch_size, max_input_len=cfg.max_input_len,
+            target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir, output_dir=str(out),
+            codes_file=kw.get("codes_file")), prompts=kw.get("prompts"))
+    runs = {"bitwise": eval_with(codes_file=str(out / "codes.json")),
+            "discrete": eval_with(codes_file=str(out / "codes_discrete.json"))}
+    if cfg.prompt_tuning:
+        prompts = {}
+        for name in tasks:
+            task = get_task(name)
+            split = few_shot(task, cfg.shots, cfg.seed, cfg.data_dir)
+            shots = make_shots(model, task, split.examples, selection_templates(task, cfg), cfg)
+            prompts[name] = tune_prompt(model, shots, model.config.code_length, cfg.prompt_steps,
+                                        cfg.prompt_lr, adapted[name]["start_code"], cfg.seed)
+        runs["prompt_tuning"] = eval_with(prompts=prompts)
+    summary = {"config": dataclasses.asdict(cfg), "adapted": adapted, "runs": runs}
+    write_json(out / "results.json", summary)
+    table = few_shot_table(runs)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    return summary
+
+
+def few_shot_table(runs: dict[str, dict[str, Any]]) -> str:
+    names = list(runs)
+    tasks = list(next(iter(runs.values()))["tasks"])
+    head = ["task"] + [f"{n} (median)" for n in names] + ["paper CTR few-shot"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in tasks:
+        row = [t] + [f"{runs[n]['tasks'][t]['median']:.1f}" for n in names]
+        ref = PAPER_REFERENCE.get(t)
+        lines.append("| " + " | ".join(row + [f"{ref[1]:.1f}" if ref else "-"]) + " |")
+    avg = ["**average**"] + [f"{statistics.mean(runs[n]['tasks'][t]['median'] for t in tasks):.1f}"
+                              for n in names]
+    refs = [PAPER_REFERENCE[t][1] for t in tasks if t in PAPER_REFERENCE]
+    lines.append("| " + " | ".join(avg + [f"{statistics.mean(refs):.1f}" if refs else "-"]) + " |")
+    return "\n".join(lines)
