@@ -41,6 +41,7 @@ class EvalConfig:
     tasks: list[str] = opt([], "task names (data folder names); default: the whole suite")
     templates: list[str] = opt([], "template names to use (default: the original-task templates)")
     all_templates: bool = opt(False, "use every usable template, not only original-task ones")
+    max_templates: int | None = opt(None, "use only the first N usable templates per task (quick runs)")
     max_examples: int | None = opt(None, "seeded subsample of at most N evaluation examples per task")
     seed: int = opt(0, "subsample seed")
     exclude_indices: str | None = opt(
@@ -141,7 +142,7 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
         else:
             report = usable_templates(task, original_only=not cfg.all_templates,
                                       root=cfg.data_dir, examples=examples)
-            templates = report.usable
+            templates = report.usable[: cfg.max_templates] if cfg.max_templates else report.usable
         per_template: dict[str, Any] = {}
         for template in templates:
             instances, skipped = render_task(task, template, examples)
@@ -189,7 +190,9 @@ def markdown_table(res: dict[str, Any], zero_shot: dict[str, Any] | None = None)
         head.append("backbone zero-shot (median)")
     head += ["paper CTR zero-label", "paper CTR few-shot"]
     lines = [f"Model: `{cfg['model']}` ({res['model']['sha256']}); suite {cfg['suite']}; "
-             f"max examples {cfg['max_examples']}, seed {cfg['seed']}; {res['seconds']} s on "
+             f"max examples {cfg['max_examples']}, seed {cfg['seed']}, "
+             f"templates {'max %s' % cfg['max_templates'] if cfg.get('max_templates') else 'all usable'}"
+             f"; {res['seconds']} s on "
              f"{res['hardware']['cpu']} ({res['hardware'].get('gpu', 'CPU')})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 

@@ -120,6 +120,7 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
     def eval_with(**kw) -> dict[str, Any]:
         return evaluate(model, EvalConfig(
             model=cfg.checkpoint, suite=cfg.suite, tasks=tasks, templates=cfg.templates,
+            max_templates=cfg.eval_max_templates,
             max_examples=cfg.max_examples, seed=cfg.seed, exclude_indices=str(out / "exclude.json"),
             batch_size=cfg.batch_size, max_input_len=cfg.max_input_len,
             target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir, output_dir=str(out),

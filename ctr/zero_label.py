@@ -45,6 +45,7 @@ class AdaptCommon:
     max_input_len: int = opt(1024, "input tokens kept (from the end)")
     target_delimiter: str = opt(" ", "text between input and choice for decoder-only models")
     max_examples: int | None = opt(None, "evaluate on a seeded subsample of N examples per task")
+    eval_max_templates: int | None = opt(None, "evaluate with the first N usable templates only")
     no_eval: bool = opt(False, "only select; do not evaluate")
     data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
 
@@ -167,6 +168,7 @@ def run_zero_label(cfg: ZeroLabelConfig) -> dict[str, Any]:
         return {"selection": selection}
     res = evaluate(model, EvalConfig(model=cfg.checkpoint, suite=cfg.suite, tasks=tasks,
                                      templates=cfg.templates, max_examples=cfg.max_examples,
+                                     max_templates=cfg.eval_max_templates,
                                      seed=cfg.seed, codes_file=str(out / "codes.json"),
                                      exclude_indices=str(out / "exclude.json"),
                                      batch_size=cfg.batch_size, max_input_len=cfg.max_input_len,
