@@ -9,7 +9,6 @@ disjoint, and labels are kept apart from the fields the prompt may read.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 
 from .bitwise_search import Shot, ShotObjective, bitwise_search
 from .config import opt
-from .eval_tasks import get_task, list_tasks, render_task
-from .evaluate import PAPER_REFERENCE, EvalConfig, evaluate, load_for_eval
+from .eval_tasks import get_task, render_task
+from .evaluate import PAPER_REFERENCE, evaluate
 from .fileio import write_json
 from .modeling import CTRModel
 from .prompt_tuning import tune_prompt
 from .scoring import RankScorer, tokenize_request
 from .splits import few_shot
-from .zero_label import AdaptCommon, candidate_codes, selection_templates
+from .zero_label import AdaptCommon, prepare_adaptation, selection_templates
 
 
 @dataclass
@@ -96,14 +95,7 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
 
 
 def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
-    model = load_for_eval(cfg.checkpoint)
-    if not model.config.use_codes:
-        raise ValueError(f"--checkpoint {cfg.checkpoint}: a model without codes cannot search codes")
-    tasks = [get_task(t).name for t in (cfg.tasks or [t.name for t in list_tasks(cfg.suite)])]
-    candidates = candidate_codes(model, cfg.candidates_file)
-    scorer = RankScorer(model, cfg.batch_size)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model, tasks, candidates, scorer, out = prepare_adaptation(cfg)
     adapted = {}
     for name in tasks:
         adapted[name] = a = adapt_task(model, name, cfg, candidates, scorer, out)
@@ -117,14 +109,8 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
     if cfg.no_eval:
         return {"adapted": adapted}
 
-    def eval_with(**kw) -> dict[str, Any]:
-        return evaluate(model, EvalConfig(
-            model=cfg.checkpoint, suite=cfg.suite, tasks=tasks, templates=cfg.templates,
-            max_templates=cfg.eval_max_templates,
-            max_examples=cfg.max_examples, seed=cfg.seed, exclude_indices=str(out / "exclude.json"),
-            batch_size=cfg.batch_size, max_input_len=cfg.max_input_len,
-            target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir, output_dir=str(out),
-            codes_file=kw.get("codes_file")), prompts=kw.get("prompts"))
+    def eval_with(codes_file: str | None = None, prompts=None) -> dict[str, Any]:
+        return evaluate(model, cfg.eval_config(tasks, out, codes_file=codes_file), prompts=prompts)
     runs = {"bitwise": eval_with(codes_file=str(out / "codes.json")),
             "discrete": eval_with(codes_file=str(out / "codes_discrete.json"))}
     if cfg.prompt_tuning:

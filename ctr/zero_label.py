@@ -48,6 +48,29 @@ class AdaptCommon:
     eval_max_templates: int | None = opt(None, "evaluate with the first N usable templates only")
     no_eval: bool = opt(False, "only select; do not evaluate")
     data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
+    output_dir: str = opt("runs/adapt", "where selection and evaluation results go")
+
+    def eval_config(self, tasks: list[str], out: Path, **kw: Any) -> EvalConfig:
+        """The evaluation that follows an adaptation: same examples, templates, seed."""
+        return EvalConfig(model=self.checkpoint, suite=self.suite, tasks=tasks, templates=self.templates,
+                          max_templates=self.eval_max_templates, max_examples=self.max_examples,
+                          seed=self.seed, exclude_indices=str(out / "exclude.json"),
+                          batch_size=self.batch_size, max_input_len=self.max_input_len,
+                          target_delimiter=self.target_delimiter, data_dir=self.data_dir,
+                          output_dir=str(out), **kw)
+
+
+def prepare_adaptation(cfg: AdaptCommon
+                       ) -> tuple[CTRModel, list[str], list[tuple[list[int], list[str]]], RankScorer, Path]:
+    """Model, task names, candidate codes, scorer and output folder of an adaptation run."""
+    model = load_for_eval(cfg.checkpoint)
+    if not model.config.use_codes:
+        raise ValueError(f"--checkpoint {cfg.checkpoint}: a model without codes has no codes to adapt")
+    tasks = [get_task(t).name for t in (cfg.tasks or [t.name for t in list_tasks(cfg.suite)])]
+    candidates = candidate_codes(model, cfg.candidates_file)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return model, tasks, candidates, RankScorer(model, cfg.batch_size), out
 
 
 @dataclass
@@ -145,14 +168,7 @@ def _softmax(xs: list[float]) -> list[float]:
 
 
 def run_zero_label(cfg: ZeroLabelConfig) -> dict[str, Any]:
-    model = load_for_eval(cfg.checkpoint)
-    if not model.config.use_codes:
-        raise ValueError(f"--checkpoint {cfg.checkpoint}: a model without codes cannot select codes")
-    tasks = [get_task(t).name for t in (cfg.tasks or [t.name for t in list_tasks(cfg.suite)])]
-    candidates = candidate_codes(model, cfg.candidates_file)
-    scorer = RankScorer(model, cfg.batch_size)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model, tasks, candidates, scorer, out = prepare_adaptation(cfg)
     selection = {}
     for name in tasks:
         selection[name] = select_code(model, name, cfg, candidates, scorer)
@@ -166,14 +182,7 @@ def run_zero_label(cfg: ZeroLabelConfig) -> dict[str, Any]:
     write_json(out / "exclude.json", {t: s["exclude"] for t, s in selection.items()})
     if cfg.no_eval:
         return {"selection": selection}
-    res = evaluate(model, EvalConfig(model=cfg.checkpoint, suite=cfg.suite, tasks=tasks,
-                                     templates=cfg.templates, max_examples=cfg.max_examples,
-                                     max_templates=cfg.eval_max_templates,
-                                     seed=cfg.seed, codes_file=str(out / "codes.json"),
-                                     exclude_indices=str(out / "exclude.json"),
-                                     batch_size=cfg.batch_size, max_input_len=cfg.max_input_len,
-                                     target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir,
-                                     output_dir=str(out)))
+    res = evaluate(model, cfg.eval_config(tasks, out, codes_file=str(out / "codes.json")))
     res["zero_label"] = {t: {k: v for k, v in s.items() if k != "ranked"} for t, s in selection.items()}
     write_json(out / "results.json", res)
     table = markdown_table(res)

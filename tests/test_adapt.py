@@ -210,3 +210,36 @@ def test_prompt_tuning_lowers_shot_loss_and_leaves_the_model_alone(arch):
     tuned = RankScorer(model, 8, progress=False, prompt=prompt).score(
         [ScoreRequest(s.input_ids, [s.choices[s.label]]) for s in shots])
     assert -sum(t.logprob[0] for t in tuned) < obj_code
+
+
+def test_cli_zero_label_and_few_shot_end_to_end(tiny_paths, task_file, tmp_path, capsys):
+    need_data()
+    from ctr.cli import main
+    from ctr.config import TrainConfig
+    from ctr.trainer import train
+    run = tmp_path / "s1"
+    train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
+                      train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
+    zl = tmp_path / "zl"
+    assert main(["zero-label", "--checkpoint", str(run), "--tasks", "super_glue_cb", "anli_r2",
+                 "--n-inputs", "4", "--max-templates", "1", "--max-examples", "5",
+                 "--eval-max-templates", "2", "--output-dir", str(zl)]) == 0
+    res = json.loads((zl / "results.json").read_text())
+    sel = json.loads((zl / "zero_label.json").read_text())["tasks"]
+    assert set(res["tasks"]) == {"super_glue_cb", "anli_r2"}
+    assert not set(res["tasks"]["anli_r2"]["indices"]) & set(sel["anli_r2"]["selection_indices"])
+    assert res["tasks"]["super_glue_cb"]["code"] == sel["super_glue_cb"]["code"]
+    fs = tmp_path / "fs"
+    assert main(["few-shot", "--checkpoint", str(run), "--tasks", "super_glue_cb", "--shots", "3",
+                 "--max-templates", "1", "--max-sweeps", "1", "--values", "seen", "--max-examples", "5",
+                 "--eval-max-templates", "1", "--prompt-tuning", "--prompt-steps", "2",
+                 "--holdout", "0.34", "--output-dir", str(fs)]) == 0
+    out = json.loads((fs / "results.json").read_text())
+    assert set(out["runs"]) == {"bitwise", "discrete", "prompt_tuning"}
+    adapted = out["adapted"]["super_glue_cb"]
+    assert adapted["chosen_by"] == "held-out shots" and adapted["search_objective"] <= adapted["start_objective"]
+    assert (fs / "trajectory_super_glue_cb.jsonl").exists()
+    assert "prompt_tuning (median)" in (fs / "results.md").read_text()
+    plain = tiny_paths["llama"]
+    assert main(["few-shot", "--checkpoint", str(plain), "--tasks", "super_glue_cb"]) == 2
+    assert "no codes" in capsys.readouterr().err

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 
 import pytest
-import torch
 
 from ctr.batching import Encoded, MixtureSampler, collate
 from ctr.data import data_dir, load_jsonl_tasks, load_t0_tasks

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ctr.cli import main
 from ctr.config import CTRConfig
