@@ -46,8 +46,10 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import summarize_run, train
     cfg = dataclass_from_args(TrainConfig, args)
+    from accelerate import PartialState
     final = train(cfg, stop_after=args.stop_after)
-    if (Path(cfg.output_dir) / "metrics.jsonl").exists() and final.name == "final":
+    if (PartialState().is_main_process and (Path(cfg.output_dir) / "metrics.jsonl").exists()
+            and final.name == "final"):
         print(summarize_run(cfg.output_dir))
         print(f"\nmodel: {final}")
     return 0

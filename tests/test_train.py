@@ -134,3 +134,16 @@ def test_cli_reports_bad_input(tiny_paths, tmp_path, capsys):
         main(["train", "--mixing", "weird"])
     assert main(["train", "--stage", "3"]) == 2
     assert "--stage must be 1 or 2" in capsys.readouterr().err
+
+
+def test_no_codes_baseline_trains_the_backbone_and_loads_for_eval(tiny_paths, task_file, tmp_path):
+    from ctr.evaluate import load_for_eval
+    final = train(cfg_for(tiny_paths, task_file, tmp_path / "mt", stage=2, no_codes=True))
+    model = load_for_eval(str(tmp_path / "mt"))
+    assert not model.config.use_codes and model.config.backbone_trained
+    assert model.code_table() == {}
+    original = backbone_state(tiny_paths["llama"])
+    assert any(not torch.equal(v, original[k]) for k, v in model.backbone.state_dict().items())
+    assert (final / "backbone" / "config.json").exists()
+    with pytest.raises(ValueError, match="--no-codes"):
+        cfg_for(tiny_paths, task_file, tmp_path / "x", no_codes=True)  # stage 1 has nothing to train
