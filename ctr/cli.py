@@ -87,6 +87,23 @@ def cmd_codes(args: argparse.Namespace) -> int:
     raise FileNotFoundError(f"{path}: no code_table.json (not a CTR checkpoint)")
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import AnalyzeConfig, run_analysis
+    cfg = dataclass_from_args(AnalyzeConfig, args)
+    if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
+        if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
+            raise ValueError("give the checkpoint once: positionally or with --checkpoint")
+        cfg.checkpoint = args.checkpoint_path
+    run_analysis(cfg)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import GenerateConfig, run_generate
+    run_generate(dataclass_from_args(GenerateConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
+    from .analysis import AnalyzeConfig
+    p = sub.add_parser("analyze", help="what the codes mean: usage, association with task "
+                                       "types, distances, figures (+ --steer experiment)")
+    p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
+                   help="CTR checkpoint (run folder, final/ or model folder)")
+    add_dataclass_args(p, AnalyzeConfig)
+    p.set_defaults(func=cmd_analyze)
+    from .generation import GenerateConfig
+    p = sub.add_parser("generate", help="generate text under a code (--code or --task)")
+    add_dataclass_args(p, GenerateConfig)
+    # aliases: --model for --checkpoint, and a repeatable --input TEXT
+    p.add_argument("--model", dest="checkpoint", default=argparse.SUPPRESS,
+                   help="same as --checkpoint")
+    p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=argparse.SUPPRESS,
+                   help="an input text; repeat for a batch")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
