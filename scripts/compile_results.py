@@ -81,8 +81,8 @@ def zero_shot_table() -> None:
     res = load(p / "results.json")
     text = (p / "results.md").read_text()
     head = ("# SmolLM2-135M-Instruct zero-shot on the 11 held-out T0 tasks (issue 3)\n\n"
-            "Command: `ctr eval --model smollm2 --max-examples 40 --output-dir runs/t0_zeroshot_smollm2` "
-            "(seeded subsample of 40 validation examples per task, all usable original-task templates, "
+            "Command: `ctr eval --model smollm2 --max-examples 30 --output-dir runs/t0_zeroshot_smollm2` "
+            "(seeded subsample of 30 validation examples per task, all usable original-task templates, "
             "median over templates; CPU, 2 cores). Chance: ANLI 33.3, CB 33.3 (3-way; majority class 41-50%), "
             "HellaSwag 25, the others 50; average chance about 44.\n\n")
     (out / "t0_zeroshot_smollm2.md").write_text(head + text)

@@ -30,6 +30,6 @@ $CTR few-shot --checkpoint $R/s1_smollm2 --tasks $TASKS --shots 8 --values seen 
 # 5. search benchmark: batched vs one code at a time, on the stage-1 model (~6 min)
 done_ $R/bench_search.json || \
 .venv/bin/python -m ctr.bench.search --checkpoint $R/s1_smollm2 --shots 8 --out $R/bench_search.json
-# 6. the bare backbone on all 11 held-out T0 tasks, 40 examples each (~20 min)
+# 6. the bare backbone on all 11 held-out T0 tasks, 30 examples each (~20 min)
 done_ $R/t0_zeroshot_smollm2/results.json || \
-$CTR eval --model smollm2 --max-examples 40 --output-dir $R/t0_zeroshot_smollm2
+$CTR eval --model smollm2 --max-examples 30 --output-dir $R/t0_zeroshot_smollm2
