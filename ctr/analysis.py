@@ -337,11 +337,11 @@ def analyze_table(names: Sequence[str], codes: np.ndarray, types: Sequence[str],
 
 # ---- I/O ------------------------------------------------------------------------------
 def find_model_dir(path: str | Path) -> Path:
-    from .modeling import CONFIG_FILE
+    from .modeling import CONFIG_FILE, find_model_dir as locate
     p = Path(path)
-    for cand in (p / "final", p / "model", p):
-        if (cand / CONFIG_FILE).exists():
-            return cand
+    found = locate(p)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"{p}: not a CTR checkpoint (no {CONFIG_FILE} in it, its final/ "
                             "or model/)")
 

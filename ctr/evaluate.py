@@ -21,7 +21,7 @@ from .config import CTRConfig, opt
 from .eval_tasks import (get_task, list_tasks, load_examples, render_task, select_templates,
                          task_templates, usable_templates)
 from .fileio import read_json, write_json
-from .modeling import CONFIG_FILE, CTRModel
+from .modeling import CTRModel, find_model_dir
 from .scoring import RankScorer, tokenize_request
 
 # ../shared/CTR_SPEC.md section 5: the released code's T5-Large results (accuracy %).
@@ -57,10 +57,9 @@ class EvalConfig:
 
 def load_for_eval(name_or_path: str) -> CTRModel:
     """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes."""
-    p = Path(name_or_path)
-    for cand in (p / "final", p / "model", p):
-        if (cand / CONFIG_FILE).exists():
-            return CTRModel.from_pretrained(cand)
+    found = find_model_dir(name_or_path)
+    if found is not None:
+        return CTRModel.from_pretrained(found)
     backbone, tok = load_backbone(name_or_path)
     return CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
 

@@ -40,6 +40,13 @@ class CTROutput:
     logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
 
 
+def find_model_dir(path: str | Path) -> Path | None:
+    """The CTR model folder of a run folder (its final/), a checkpoint (its model/) or
+    the model folder itself; None when there is none."""
+    p = Path(path)
+    return next((c for c in (p / "final", p / "model", p) if (c / CONFIG_FILE).exists()), None)
+
+
 @dataclass
 class PreparedInputs:
     embeds: torch.Tensor  # [B, P + T, H]

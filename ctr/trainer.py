@@ -25,7 +25,7 @@ from .checkpoint import latest_checkpoint, load_training_state, prune_checkpoint
 from .config import CTRConfig, TrainConfig
 from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from .fileio import append_jsonl, write_json
-from .modeling import CTRModel
+from .modeling import CTRModel, find_model_dir
 from .quantizer import code_usage
 
 
@@ -85,10 +85,9 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
 
 def _model_dir(path: str) -> Path:
     """Accept a run folder (its final/ model), a checkpoint or a model folder."""
-    p = Path(path)
-    for cand in (p / "final", p / "model", p):
-        if (cand / "ctr_config.json").exists():
-            return cand
+    found = find_model_dir(path)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"--init-from {path}: no CTR model found (ctr_config.json)")
 
 
