@@ -21,6 +21,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("CTR_CACHE_DIR", Path.home() / ".cache" / "ctr"))
 
 
+def default_device() -> torch.device:
+    """Where inference runs: $CTR_DEVICE if set, else the first GPU when there is one."""
+    name = os.environ.get("CTR_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"$CTR_DEVICE={name!r}: {e}") from None
+
+
 def is_encoder_decoder(model: PreTrainedModel) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 

@@ -15,7 +15,7 @@ def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
     """argparse settings for a field annotation written as a string (PEP 563)."""
     ann = annotation.replace(" ", "").replace("|None", "")
     if ann == "bool":
-        return None, {"action": argparse.BooleanOptionalAction}
+        return None, {"action": "bool"}
     if ann.startswith("list["):
         inner = {"str": str, "int": int, "float": float}[ann[5:-1]]
         return inner, {"nargs": "*"}
@@ -25,6 +25,16 @@ def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
     return {"int": int, "float": float, "str": str}[ann], {}
 
 
+def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    """--flag sets True and --no-flag False. Written out because argparse's
+    BooleanOptionalAction reads any option starting with --no- as False, which inverts
+    fields that are themselves named no_* (--no-codes, --no-eval)."""
+    flag = "--" + name.replace("_", "-")
+    parser.add_argument(flag, dest=name, action="store_true", default=default, help=help_text)
+    if not name.startswith("no_"):
+        parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         typ, kw = _parse_type(str(f.type))
@@ -32,6 +42,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         if default not in (None, [], ""):
             help_text += f" (default: {default})"
+        if kw.get("action") == "bool":
+            _add_bool(parser, f.name, default, help_text)
+            continue
         if typ is not None:
             kw["type"] = typ
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
@@ -73,6 +86,12 @@ def cmd_few_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import AuditConfig, run_audit
+    run_audit(dataclass_from_args(AuditConfig, args))
+    return 0
+
+
 def cmd_codes(args: argparse.Namespace) -> int:
     """Print the code table of a checkpoint."""
     from .fileio import read_json
@@ -104,6 +123,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, run_synth
+    run_synth(dataclass_from_args(SynthConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("few-shot", help="Bitwise Search from k labelled shots (+ baselines)")
     add_dataclass_args(p, FewShotConfig)
     p.set_defaults(func=cmd_few_shot)
+    from .audit import AuditConfig
+    p = sub.add_parser("audit", help="selection-protocol audit: ours vs the authors' "
+                                     "(selection on evaluation examples and gold labels)")
+    add_dataclass_args(p, AuditConfig)
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
@@ -145,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=argparse.SUPPRESS,
                    help="an input text; repeat for a batch")
     p.set_defaults(func=cmd_generate)
+    from .synth import SynthConfig
+    p = sub.add_parser("synth", help="synthetic compositional suite: train a tiny model from "
+                                     "scratch, test codes on held-out combinations")
+    add_dataclass_args(p, SynthConfig)
+    p.set_defaults(func=cmd_synth)
     return parser
 
 

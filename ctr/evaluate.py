@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from .backbone import load_backbone
+from .backbone import default_device, load_backbone
 from .config import CTRConfig, opt
 from .eval_tasks import (get_task, list_tasks, load_examples, render_task, select_templates,
                          task_templates, usable_templates)
@@ -56,12 +56,15 @@ class EvalConfig:
 
 
 def load_for_eval(name_or_path: str) -> CTRModel:
-    """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes."""
+    """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes,
+    on `default_device()` (the GPU when there is one)."""
     found = find_model_dir(name_or_path)
     if found is not None:
-        return CTRModel.from_pretrained(found)
-    backbone, tok = load_backbone(name_or_path)
-    return CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
+        model = CTRModel.from_pretrained(found)
+    else:
+        backbone, tok = load_backbone(name_or_path)
+        model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
+    return model.to(default_device())
 
 
 def parse_code(text: str, flag: str = "--code") -> list[int]:
@@ -113,6 +116,42 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def eval_templates(task, cfg: EvalConfig, examples: list) -> tuple[list, Any]:
+    """The templates `cfg` asks for (named, or the usable original-task ones, first N) and
+    the usability report (None when named)."""
+    if cfg.templates:
+        return select_templates(task_templates(task, cfg.data_dir), cfg.templates), None
+    report = usable_templates(task, original_only=not cfg.all_templates, root=cfg.data_dir,
+                              examples=examples)
+    return (report.usable[: cfg.max_templates] if cfg.max_templates else report.usable), report
+
+
+def score_templates(model: CTRModel, task, templates: list, examples: list, code: list[int] | None,
+                    scorer: RankScorer, cfg: EvalConfig) -> dict[str, Any]:
+    """Accuracy of one code (or none, or the scorer's prompt) on `examples` under each
+    template, with the median and mean over templates."""
+    per_template: dict[str, Any] = {}
+    for template in templates:
+        instances, skipped = render_task(task, template, examples)
+        if not instances:
+            per_template[template.name] = {"n": 0, "skipped": dict(skipped)}
+            continue
+        reqs = [tokenize_request(model.tokenizer, i.prompt.input_text, list(i.prompt.choices),
+                                 model.seq2seq, cfg.max_input_len, cfg.target_delimiter, code)
+                for i in instances]
+        scores = scorer.score(reqs)
+        gold = [i.label_index for i in instances]
+        acc = sum(s.prediction() == g for s, g in zip(scores, gold)) / len(gold)
+        acc_norm = sum(s.prediction(True) == g for s, g in zip(scores, gold)) / len(gold)
+        per_template[template.name] = {"n": len(gold), "accuracy": round(100 * acc, 2),
+                                       "accuracy_norm": round(100 * acc_norm, 2),
+                                       "skipped": {str(k): v for k, v in skipped.items()}}
+    accs = [v["accuracy"] for v in per_template.values() if v["n"]]
+    return {"templates": per_template, "accuracies": accs,
+            "median": round(statistics.median(accs), 2) if accs else None,
+            "mean": round(statistics.mean(accs), 2) if accs else None}
+
+
 def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
              prompts: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Accuracy per template, medians per task. `prompts` gives a continuous prompt per
@@ -122,7 +161,6 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
     codes = {t: None for t in tasks} if prompts else codes_for_tasks(model, cfg, tasks)
     excluded = read_json(cfg.exclude_indices) if cfg.exclude_indices else {}
     scorer = RankScorer(model, cfg.batch_size, progress)
-    tok = model.tokenizer
     t_start = time.time()
     results: dict[str, Any] = {}
     for name in tasks:
@@ -134,37 +172,15 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
             import random
             keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.max_examples))
             examples = [examples[i] for i in keep]
-        if cfg.templates:
-            templates = select_templates(task_templates(task, cfg.data_dir), cfg.templates)
-            report = None
-        else:
-            report = usable_templates(task, original_only=not cfg.all_templates,
-                                      root=cfg.data_dir, examples=examples)
-            templates = report.usable[: cfg.max_templates] if cfg.max_templates else report.usable
-        per_template: dict[str, Any] = {}
-        for template in templates:
-            instances, skipped = render_task(task, template, examples)
-            if not instances:
-                per_template[template.name] = {"n": 0, "skipped": dict(skipped)}
-                continue
-            reqs = [tokenize_request(tok, i.prompt.input_text, list(i.prompt.choices), model.seq2seq,
-                                     cfg.max_input_len, cfg.target_delimiter, codes[name])
-                    for i in instances]
-            task_scorer = RankScorer(model, scorer.batch_size, progress, prompts[name]) if prompts else scorer
-            scores = task_scorer.score(reqs)
-            gold = [i.label_index for i in instances]
-            acc = sum(s.prediction() == g for s, g in zip(scores, gold)) / len(gold)
-            acc_norm = sum(s.prediction(True) == g for s, g in zip(scores, gold)) / len(gold)
-            per_template[template.name] = {"n": len(gold), "accuracy": round(100 * acc, 2),
-                                           "accuracy_norm": round(100 * acc_norm, 2),
-                                           "skipped": {str(k): v for k, v in skipped.items()}}
-        accs = [v["accuracy"] for v in per_template.values() if v["n"]]
+        templates, report = eval_templates(task, cfg, examples)
+        task_scorer = RankScorer(model, scorer.batch_size, progress, prompts[name]) if prompts else scorer
+        summary = score_templates(model, task, templates, examples, codes[name], task_scorer, cfg)
+        per_template, accs = summary["templates"], summary["accuracies"]
         norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
         results[name] = {
             "examples": len(examples), "indices": [e.index for e in examples],
             "code": codes[name], "templates": per_template,
-            "median": round(statistics.median(accs), 2) if accs else None,
-            "mean": round(statistics.mean(accs), 2) if accs else None,
+            "median": summary["median"], "mean": summary["mean"],
             "median_norm": round(statistics.median(norms), 2) if norms else None,
             "unusable_templates": [str(s) for s in report.skipped] if report else [],
         }

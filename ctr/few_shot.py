@@ -24,7 +24,6 @@ from .fileio import write_json
 from .modeling import CTRModel
 from .prompt_tuning import tune_prompt
 from .scoring import RankScorer, tokenize_request
-from .splits import few_shot
 from .zero_label import AdaptCommon, prepare_adaptation, selection_templates
 
 
@@ -62,7 +61,7 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
                candidates: list[tuple[list[int], list[str]]], scorer: RankScorer, out: Path
                ) -> dict[str, Any]:
     task = get_task(name)
-    split = few_shot(task, cfg.shots, cfg.seed, cfg.data_dir)
+    split = cfg.selection_split(task, cfg.shots, labelled=True)
     examples = list(split.examples)
     held: list = []
     if cfg.holdout > 0:
@@ -117,7 +116,7 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
         prompts = {}
         for name in tasks:
             task = get_task(name)
-            split = few_shot(task, cfg.shots, cfg.seed, cfg.data_dir)
+            split = cfg.selection_split(task, cfg.shots, labelled=True)
             shots = make_shots(model, task, split.examples, selection_templates(task, cfg), cfg)
             prompts[name] = tune_prompt(model, shots, model.config.code_length, cfg.prompt_steps,
                                         cfg.prompt_lr, adapted[name]["start_code"], cfg.seed)

@@ -194,7 +194,7 @@ class CTRModel(nn.Module):
         P = 0
         if prompt is not None:
             P = prompt.shape[1]
-            embeds = torch.cat([prompt.to(embeds.dtype), embeds], 1)
+            embeds = torch.cat([prompt.to(embeds.device, embeds.dtype), embeds], 1)
             mask = torch.cat([mask.new_ones(B, P), mask], 1)
         if pad_side == "left":
             shift = torch.argsort((mask != 0).to(torch.int8), dim=1, stable=True)  # pads first

@@ -25,7 +25,8 @@ from .evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
 from .fileio import read_json, write_json
 from .modeling import CTRModel
 from .scoring import RankScorer, ScoreRequest, tokenize_request
-from .splits import unlabeled_inputs
+from .authors_protocol import check_protocol, distribution_distance, gold_distribution, label_balanced_eval
+from .splits import AdaptSplit, few_shot, unlabeled_inputs
 from .templates import RenderError
 
 
@@ -49,6 +50,19 @@ class AdaptCommon:
     no_eval: bool = opt(False, "only select; do not evaluate")
     data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
     output_dir: str = opt("runs/adapt", "where selection and evaluation results go")
+    protocol: Literal["ours", "authors"] = opt(
+        "ours", "ours: selection never reads labels or evaluation examples; authors: the released "
+                "code's protocol (selection examples from the evaluation set, label-balanced, "
+                "candidates filtered by gold label shares), for audits only")
+
+    def __post_init__(self) -> None:
+        check_protocol(self.protocol)
+
+    def selection_split(self, task, n: int, labelled: bool) -> AdaptSplit:
+        """The examples selection may use (n unlabelled inputs, or n labelled shots)."""
+        if self.protocol == "authors":
+            return label_balanced_eval(task, n, self.seed, self.data_dir)
+        return (few_shot if labelled else unlabeled_inputs)(task, n, self.seed, self.data_dir)
 
     def eval_config(self, tasks: list[str], out: Path, **kw: Any) -> EvalConfig:
         """The evaluation that follows an adaptation: same examples, templates, seed."""
@@ -79,6 +93,9 @@ class ZeroLabelConfig(AdaptCommon):
     vote: Literal["majority", "mean_prob"] = opt("majority", "how pseudo-labels are formed")
     degenerate_threshold: float | None = opt(
         None, "drop candidates that give one answer to more than this fraction of inputs")
+    authors_max_distance: float = opt(
+        0.25, "--protocol authors only: drop candidates whose predicted answer shares lie further "
+              "than this (total variation) from the gold label shares")
     output_dir: str = opt("runs/zero_label", "where selection and evaluation results go")
 
 
@@ -117,7 +134,7 @@ def selection_templates(task, cfg: AdaptCommon, examples=None) -> list:
 def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
                 candidates: list[tuple[list[int], list[str]]], scorer: RankScorer) -> dict[str, Any]:
     task = get_task(task_name)
-    split = unlabeled_inputs(task, cfg.n_inputs, cfg.seed, cfg.data_dir)
+    split = cfg.selection_split(task, cfg.n_inputs, labelled=False)
     prompts = []  # (template name, example index, PromptedInput): no labels anywhere
     for template in selection_templates(task, cfg, split.examples):
         for index, p in render_prompts(template, split.examples):
@@ -133,6 +150,11 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
     preds = [[scores[c * n + i].prediction() for i in range(n)] for c in range(len(candidates))]
     share = [max(Counter(p).values()) / n for p in preds]
     degenerate = [cfg.degenerate_threshold is not None and s > cfg.degenerate_threshold for s in share]
+    if cfg.protocol == "authors":  # the released code's gold-label filter (reads labels)
+        gold = authors_gold_indices(task, split.examples, prompts, cfg.data_dir)
+        shares = gold_distribution(gold)
+        degenerate = [d or distribution_distance(p, shares) > cfg.authors_max_distance
+                      for d, p in zip(degenerate, preds)]
     voters = [c for c in range(len(candidates)) if not degenerate[c]] or list(range(len(candidates)))
     pseudo = []
     for i in range(n):
@@ -159,6 +181,17 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
             "from_tasks": best["tasks"], "selection_source": split.source,
             "selection_indices": [e.index for e in split.examples], "exclude": split.exclude,
             "inputs": n, "templates": names, "ranked": ranked}
+
+
+def authors_gold_indices(task, examples, prompts, root=None) -> list[int]:
+    """Gold answer index of every selection prompt: only the authors' protocol reads these."""
+    from .eval_tasks import render_task
+    gold: dict[tuple[str, int], int] = {}
+    by_name = {t.name: t for t in task_templates(task, root)}
+    for name in {t for t, _, _ in prompts}:
+        instances, _ = render_task(task, by_name[name], examples)
+        gold.update({(name, i.index): i.label_index for i in instances})
+    return [gold.get((t, index), -1) for t, index, _ in prompts]  # -1: renders without its label only
 
 
 def _softmax(xs: list[float]) -> list[float]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import load_backbone
+from ..backbone import default_device, load_backbone
 from ..batching import Encoded, collate
 from ..bitwise_search import ShotObjective, bitwise_search
 from ..config import CTRConfig
@@ -53,6 +53,7 @@ def reference_objective(model: CTRModel, texts: list[tuple[str, str]], seq2seq: 
                 rows.append(Encoded(0, src, tgt))
             batch = collate(rows, tok.pad_token_id, seq2seq)
             batch.pop("task_ids")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
             o = model(**batch, codes=torch.tensor([code]), target_only=False)
             out.append(float(o.example_loss_sum.double().sum()))
         return out
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--candidates", type=int, default=8, help="training codes of a fresh model")
     ap.add_argument("--max-sweeps", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64, help="rows per batched forward")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="model weights for both searches (bf16: GPU tensor cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         backbone, tok = load_backbone(args.model)
         cfg = CTRConfig(task_names=[f"task{i}" for i in range(args.candidates)])
-        model = CTRModel(backbone, cfg, tok)
-    model.eval()
+        model = CTRModel(backbone, cfg, tok).to(default_device())
+    model = model.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
     task = get_task(args.task)
     common = AdaptCommon(max_templates=1)
     templates = selection_templates(task, common)
@@ -99,15 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     ref_obj = reference_objective(model, texts, model.seq2seq, " ", 1024)
     batched_obj(starts[:1])  # warm-up both paths
     ref_obj(starts[:1])
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fast = bitwise_search(batched_obj, starts, values, args.max_sweeps, args.seed, chunk=chunk)
+    sync()
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
     slow = bitwise_search(ref_obj, starts, values, args.max_sweeps, args.seed, chunk=1)
+    sync()
     t_slow = time.perf_counter() - t0
     result = {"task": args.task, "shots": len(shots), "codes_scored": fast.evaluations,
               "values_per_position": args.values, "start_codes": len(starts),
-              "sweeps": args.max_sweeps, "batched_seconds": round(t_fast, 2),
+              "sweeps": args.max_sweeps, "dtype": args.dtype, "batch_size": args.batch_size,
+              "batched_seconds": round(t_fast, 2),
               "reference_seconds": round(t_slow, 2), "search_speedup": round(t_slow / t_fast, 2),
               "same_code": fast.code == slow.code, "batched_code": fast.code, "reference_code": slow.code,
               "batched_objective": fast.objective, "reference_objective": slow.objective,
