@@ -11,11 +11,10 @@ Nothing here is used unless a caller passes `protocol="authors"` explicitly.
 """
 from __future__ import annotations
 
-import random
-from collections import Counter, defaultdict
+from collections import Counter
 
-from .eval_tasks import EvalTask, TaskExample, get_task, load_examples
-from .splits import AdaptSplit
+from .eval_tasks import EvalTask, get_task, load_examples
+from .splits import AdaptSplit, balanced_by_label
 
 PROTOCOLS = ("ours", "authors")
 SOURCE = "eval (authors' protocol: label-balanced, kept in the evaluation)"
@@ -29,18 +28,7 @@ def check_protocol(protocol: str) -> None:
 def label_balanced_eval(task: str | EvalTask, n: int, seed: int = 0, root=None) -> AdaptSplit:
     """n evaluation examples, an equal share per gold label; nothing is excluded later."""
     task = get_task(task)
-    pool = load_examples(task, "eval", root=root)
-    rng = random.Random(seed)
-    groups: dict[str, list[TaskExample]] = defaultdict(list)
-    for e in pool:
-        groups[str(e.label)].append(e)
-    queues = [rng.sample(g, len(g)) for _, g in sorted(groups.items())]
-    picked: list[TaskExample] = []
-    while len(picked) < min(n, len(pool)):
-        for q in queues:
-            if q and len(picked) < n:
-                picked.append(q.pop())
-    picked.sort(key=lambda e: e.index)
+    picked = balanced_by_label(load_examples(task, "eval", root=root), n, seed)
     return AdaptSplit(task.name, picked, SOURCE, exclude=[])
 
 

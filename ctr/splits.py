@@ -36,10 +36,9 @@ def unlabeled_inputs(task: str | EvalTask, n: int, seed: int = 0, root=None) -> 
     return AdaptSplit(task.name, picked, source, [e.index for e in picked] if from_eval else [])
 
 
-def few_shot(task: str | EvalTask, k: int, seed: int = 0, root=None) -> AdaptSplit:
-    """k labelled shots, label-balanced (round-robin over shuffled label groups), seeded."""
-    task = get_task(task)
-    pool, source, from_eval = _pool(task, root)
+def balanced_by_label(pool: list[TaskExample], k: int, seed: int) -> list[TaskExample]:
+    """k examples, label-balanced (round-robin over shuffled label groups), seeded,
+    in index order."""
     rng = random.Random(seed)
     groups: dict[str, list[TaskExample]] = defaultdict(list)
     for e in pool:
@@ -50,5 +49,12 @@ def few_shot(task: str | EvalTask, k: int, seed: int = 0, root=None) -> AdaptSpl
         for q in queues:
             if q and len(picked) < k:
                 picked.append(q.pop())
-    picked.sort(key=lambda e: e.index)
+    return sorted(picked, key=lambda e: e.index)
+
+
+def few_shot(task: str | EvalTask, k: int, seed: int = 0, root=None) -> AdaptSplit:
+    """k labelled shots, label-balanced, seeded."""
+    task = get_task(task)
+    pool, source, from_eval = _pool(task, root)
+    picked = balanced_by_label(pool, k, seed)
     return AdaptSplit(task.name, picked, source, [e.index for e in picked] if from_eval else [])
