@@ -45,6 +45,10 @@ class AnalyzeConfig:
                                        "few-shot), placed among the training codes")
     types_file: str | None = opt(None, "JSON {task: task type} for tasks the T0 manifest does "
                                        "not know (users' JSONL tasks); overrides the manifest")
+    factors_file: str | None = opt(
+        None, "JSON {task: {factor: value}}, e.g. the factors.json of `ctr synth`: each factor "
+              "gets its own association table and heatmap, and the first factor serves as the "
+              "task type unless --types-file is given")
     data_dir: str | None = opt(None, "data folder with t0_train_manifest.tsv "
                                      "(default: $CTR_DATA_DIR or ../shared/data)")
     output_dir: str = opt("runs/analysis", "where analysis.json, analysis.md and the PNGs go")
@@ -404,6 +408,22 @@ def read_adapted_codes(path: str, codebook_size: int, code_length: int) -> dict[
     return table
 
 
+def read_factors(path: str, names: Sequence[str]) -> dict[str, list[str]]:
+    """{factor: one label per task in `names` order} from a JSON {task: {factor: value}}."""
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError(f"--factors-file {path}: expected a JSON object {{task: {{factor: value}}}}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ValueError(f"--factors-file {path}: no factors for {len(missing)} task(s) of the "
+                         f"checkpoint, e.g. {missing[:3]}")
+    factors = list(raw[names[0]])
+    odd = [n for n in names if list(raw[n]) != factors]
+    if odd:
+        raise ValueError(f"--factors-file {path}: tasks {odd[:3]} do not have the factors {factors}")
+    return {f: [str(raw[n][f]) for n in names] for f in factors}
+
+
 def adapted_report(adapted: dict[str, list[int]], names: list[str], codes: np.ndarray,
                    types: list[str], min_count: int) -> dict[str, Any]:
     """Where each adapted code sits: nearest training codes, and the type-specific values
@@ -421,8 +441,10 @@ def adapted_report(adapted: dict[str, list[int]], names: list[str], codes: np.nd
     return out
 
 
-def plot_value_heatmaps(path: Path, codes: np.ndarray, types: list[str]) -> None:
-    """One subplot per position: task type x value (only values in use), task counts."""
+def plot_value_heatmaps(path: Path, codes: np.ndarray, types: list[str],
+                        label: str = "task type") -> None:
+    """One subplot per position: task type (or another label) x value (only values in use),
+    task counts."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     L = codes.shape[1]
@@ -444,7 +466,7 @@ def plot_value_heatmaps(path: Path, codes: np.ndarray, types: list[str]) -> None
         ax.set_yticks(range(len(names)), names if p % cols == 0 else [""] * len(names), fontsize=7)
         ax.set_xlabel("value", fontsize=7)
     fig.colorbar(im, ax=fig.axes, shrink=0.6 if rows <= 2 else 0.25, label="tasks")
-    fig.suptitle("Code values by task type (tasks using each value)")
+    fig.suptitle(f"Code values by {label} (tasks using each value)")
     fig.savefig(path, dpi=110)
 
 
@@ -513,6 +535,18 @@ def markdown_report(res: dict[str, Any], top: int) -> str:
             f"| {t['purity']:.2f} | {t['mi_bits']:.2f} | {_fmt(t.get('mi_chance_bits'))} "
             f"| {_fmt(t.get('mi_p_value'), 3)} | {t['nmi']:.2f} | {_fmt(d['purity'])} "
             f"| {_fmt(d['mi_bits'])} |")
+    if s.get("factors"):
+        lines += ["", "## Association with factors", "",
+                  "The same statistics with each ground-truth factor as the label (from "
+                  "--factors-file).", "",
+                  "| factor | position | values in use | purity | MI (bits) | chance MI | p | NMI |",
+                  "|" + "---|" * 8]
+        for f, rows in s["factors"].items():
+            for r in rows:
+                used = s["positions"][r["position"]]["values_in_use"]
+                lines.append(f"| {f} | {r['position']} | {used} | {r['purity']:.2f} "
+                             f"| {r['mi_bits']:.2f} | {_fmt(r.get('mi_chance_bits'))} "
+                             f"| {_fmt(r.get('mi_p_value'), 3)} | {r['nmi']:.2f} |")
     lines += ["", "## The most type-specific values", ""]
     specific = s["type_specific_values"][:top]
     if specific:
@@ -537,6 +571,7 @@ def markdown_report(res: dict[str, Any], top: int) -> str:
                          f"{near}. Type-specific values it carries: {carried}.")
     lines += ["", "## Figures", "", "- `code_values_by_type.png`: task type x value per position.",
               "- `task_distances.png`: Hamming distances, tasks in average-linkage order."]
+    lines += [f"- `code_values_by_{f}.png`: {f} x value per position." for f in s.get("factors", {})]
     if res.get("steering"):
         from .steering import steering_markdown
         lines += ["", steering_markdown(res["steering"])]
@@ -554,10 +589,19 @@ def run_analysis(cfg: AnalyzeConfig) -> dict[str, Any]:
     K, L = int(config["codebook_size"]), int(config["code_length"])
     names = list(table)
     codes = np.array([table[n] for n in names], dtype=np.int64)
-    types, datasets, notes = task_labels(names, cfg.data_dir, cfg.types_file)
+    factors = read_factors(cfg.factors_file, names) if cfg.factors_file else {}
+    if factors and not cfg.types_file:  # synthetic tasks: no manifest, the factors label them
+        types, notes = list(factors.values())[0], [
+            f"task type = factor '{list(factors)[0]}' (from --factors-file)"]
+        datasets = [UNKNOWN] * len(names)
+    else:
+        types, datasets, notes = task_labels(names, cfg.data_dir, cfg.types_file)
     adapted = read_adapted_codes(cfg.codes_file, K, L) if cfg.codes_file else {}
     stats = analyze_table(names, codes, types, datasets, K, cfg.min_count, cfg.permutations,
                           cfg.seed)
+    if factors:
+        stats["factors"] = {f: position_association(codes, labels, cfg.permutations, cfg.seed)
+                            for f, labels in factors.items()}
     res: dict[str, Any] = {
         "config": dataclasses.asdict(cfg), "checkpoint": str(folder), "notes": notes,
         "tasks": [{"name": n, "type": t, "dataset": d, "code": table[n]}
@@ -571,6 +615,8 @@ def run_analysis(cfg: AnalyzeConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_value_heatmaps(out / "code_values_by_type.png", codes, types)
+    for f, labels in factors.items():
+        plot_value_heatmaps(out / f"code_values_by_{f}.png", codes, labels, label=f"factor {f}")
     all_names = names + [f"* {t}" for t in adapted]  # adapted codes join the distance map
     all_codes = np.concatenate([codes, np.array(list(adapted.values()), dtype=np.int64)]) \
         if adapted else codes
@@ -582,6 +628,8 @@ def run_analysis(cfg: AnalyzeConfig) -> dict[str, Any]:
     report = markdown_report(res, cfg.top)
     (out / "analysis.md").write_text(report)
     print(report)
-    print(f"[analyze] wrote {out / 'analysis.json'}, {out / 'analysis.md'}, "
-          f"{out / 'code_values_by_type.png'} and {out / 'task_distances.png'}")
+    figures = ["code_values_by_type.png", "task_distances.png"] + [
+        f"code_values_by_{f}.png" for f in factors]
+    print(f"[analyze] wrote {out / 'analysis.json'}, {out / 'analysis.md'} and "
+          f"{', '.join(str(out / f) for f in figures)}")
     return res

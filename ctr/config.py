@@ -129,6 +129,9 @@ class TrainConfig:
     dead_code_threshold: float = opt(0.0, "dead-code revival threshold (0 = off)")
     task_init: Literal["random", "description"] = opt("random", "task-embedding init")
     no_codes: bool = opt(False, "train the backbone without codes (multi-task prompted baseline)")
+    joint: bool = opt(False, "stage 2 without --init-from: a fresh CTR module around --model, "
+                             "codes and backbone trained together from the first step (a backbone "
+                             "trained from scratch has nothing for a frozen stage 1 to build on)")
     limit_examples: int | None = opt(None, "read at most N examples per task file (quick runs)")
 
     def __post_init__(self) -> None:
@@ -136,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
         if self.no_codes and self.stage == 1:
             raise ValueError("--no-codes trains the backbone itself: use it with --stage 2")
+        if self.joint and (self.stage != 2 or self.init_from or self.no_codes):
+            raise ValueError("--joint trains fresh codes and the backbone together: use it with "
+                             "--stage 2, without --init-from and without --no-codes")
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
         for k, v in PRESETS[self.preset][self.stage].items():

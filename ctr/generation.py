@@ -128,18 +128,21 @@ def _row_codes(model: CTRModel, codes, batch_size: int) -> torch.Tensor | None:
 def generate_ids_with_codes(model: CTRModel, inputs: Inputs, codes: torch.Tensor | Sequence | None,
                             max_new_tokens: int = 32, do_sample: bool = False,
                             temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                            max_input_len: int = 1024, batch_size: int | None = None
-                            ) -> list[list[int]]:
+                            max_input_len: int = 1024, batch_size: int | None = None,
+                            prompt: torch.Tensor | None = None) -> list[list[int]]:
     """New token ids per input, cut before the first EOS.
 
     `codes` is one code [L] for every input or one per input [B, L] (mixed-task batches).
+    `prompt` [P, H] is a continuous prompt (prompt tuning) used instead of a code.
     Greedy by default: each row's tokens then equal a run of that row alone. With
     `do_sample`, `seed` makes a call reproducible; sampled rows share one RNG stream, so
     they depend on the batch they are drawn in.
     """
     _check_decoding(max_new_tokens, do_sample, temperature, top_p)
     ids = _as_id_lists(model, inputs, max_input_len)
-    row_codes = _row_codes(model, codes, len(ids))
+    if prompt is not None and codes is not None:
+        raise ValueError("pass a code or a continuous prompt, not both")
+    row_codes = None if prompt is not None else _row_codes(model, codes, len(ids))
     model.eval()
     step = batch_size or len(ids)
     out: list[list[int]] = []
@@ -147,19 +150,20 @@ def generate_ids_with_codes(model: CTRModel, inputs: Inputs, codes: torch.Tensor
         for start in range(0, len(ids), step):
             chunk_codes = None if row_codes is None else row_codes[start:start + step]
             out += _generate_batch(model, ids[start:start + step], chunk_codes, max_new_tokens,
-                                   do_sample, temperature, top_p)
+                                   do_sample, temperature, top_p, prompt)
     return out
 
 
 def generate_with_codes(model: CTRModel, inputs: Inputs, codes: torch.Tensor | Sequence | None,
                         max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
                         top_p: float = 1.0, seed: int | None = None, max_input_len: int = 1024,
-                        batch_size: int | None = None) -> list[str]:
+                        batch_size: int | None = None, prompt: torch.Tensor | None = None
+                        ) -> list[str]:
     """Generated text per input (see `generate_ids_with_codes`)."""
     if model.tokenizer is None:
         raise ValueError("decoding text needs a tokenizer: use generate_ids_with_codes")
     ids = generate_ids_with_codes(model, inputs, codes, max_new_tokens, do_sample, temperature,
-                                  top_p, seed, max_input_len, batch_size)
+                                  top_p, seed, max_input_len, batch_size, prompt)
     return [model.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
@@ -176,8 +180,8 @@ def _seeded(seed: int | None, device: torch.device):
 
 
 def _generate_batch(model: CTRModel, ids: list[list[int]], codes: torch.Tensor | None,
-                    max_new_tokens: int, do_sample: bool, temperature: float, top_p: float
-                    ) -> list[list[int]]:
+                    max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                    prompt: torch.Tensor | None = None) -> list[list[int]]:
     dev = model.device
     width = max(len(x) for x in ids)
     input_ids = torch.zeros(len(ids), width, dtype=torch.long)
@@ -186,7 +190,8 @@ def _generate_batch(model: CTRModel, ids: list[list[int]], codes: torch.Tensor |
         input_ids[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
     side = "right" if model.seq2seq else "left"
-    x = model.embed_inputs(input_ids.to(dev), mask.to(dev), codes=codes, pad_side=side)
+    x = model.embed_inputs(input_ids.to(dev), mask.to(dev), codes=codes, pad_side=side,
+                           prompt=None if prompt is None else prompt.to(dev))
     eos = eos_ids(model)
     gen = _generation_config(model, eos, max_new_tokens, do_sample, temperature, top_p)
     kwargs = {"position_ids": x.positions} if not model.seq2seq else {}

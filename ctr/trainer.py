@@ -60,9 +60,10 @@ def description_vectors(backbone, tokenizer, tasks: list[Task]) -> torch.Tensor:
 
 
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
-    if cfg.stage == 2 and not cfg.no_codes:
+    if cfg.stage == 2 and not cfg.no_codes and not cfg.joint:
         if not cfg.init_from:
-            raise ValueError("--stage 2 starts from a stage-1 checkpoint: pass --init-from PATH")
+            raise ValueError("--stage 2 starts from a stage-1 checkpoint: pass --init-from PATH "
+                             "(or --joint to train fresh codes with the backbone)")
         model = CTRModel.from_pretrained(_model_dir(cfg.init_from))
         if [t.name for t in tasks] != model.config.task_names:
             raise ValueError(f"--init-from {cfg.init_from}: its tasks differ from the training data "

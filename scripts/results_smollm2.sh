@@ -37,27 +37,27 @@ done_ $R/t0_zeroshot_rest_cpu/results.json || \
 $CTR eval --model smollm2 --tasks anli_r2 anli_r3 winogrande_winogrande_xl story_cloze_2016 hellaswag \
   --max-examples 20 --max-templates 5 --output-dir $R/t0_zeroshot_rest_cpu
 # 7. near-transfer suite (issue 5): backbone, multi-task baseline (same budget as step 1, no codes),
-#    CTR zero-label, few-shot and prompt tuning, on 100 examples x first 3 templates (~60 min)
+#    CTR zero-label, few-shot and prompt tuning, on 50 examples x first 2 templates (~40 min)
 done_ $R/mt_smollm2/final/ctr_config.json || \
 $CTR train --stage 2 --no-codes --preset cpu-small --steps 120 --batch-size 8 --micro-batch-size 8 \
   --tasks-per-type 3 --drop-single-answer --max-source-len 128 --max-target-len 16 --save-every 40 \
   --resume --output-dir $R/mt_smollm2
-NEAR="--suite near --max-examples 100"
+NEAR="--suite near --max-examples 50"
 done_ $R/near_cpu/zero_shot/results.json || \
-$CTR eval --model smollm2 $NEAR --max-templates 3 --output-dir $R/near_cpu/zero_shot
+$CTR eval --model smollm2 $NEAR --max-templates 2 --output-dir $R/near_cpu/zero_shot
 done_ $R/near_cpu/multitask/results.json || \
-$CTR eval --model $R/mt_smollm2 $NEAR --max-templates 3 --zero-shot-results $R/near_cpu/zero_shot/results.json \
+$CTR eval --model $R/mt_smollm2 $NEAR --max-templates 2 --zero-shot-results $R/near_cpu/zero_shot/results.json \
   --output-dir $R/near_cpu/multitask
 done_ $R/near_cpu/zero_label/results.json || \
-$CTR zero-label --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 3 --n-inputs 16 --max-templates 2 \
+$CTR zero-label --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 2 --n-inputs 16 --max-templates 2 \
   --output-dir $R/near_cpu/zero_label
 done_ $R/near_cpu/few_shot/results.json || \
-$CTR few-shot --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 3 --shots 8 --values seen --max-sweeps 1 \
+$CTR few-shot --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 2 --shots 8 --values seen --max-sweeps 1 \
   --max-templates 1 --prompt-tuning --prompt-steps 40 --output-dir $R/near_cpu/few_shot
 # 8. selection-protocol audit (issue 5): ours vs --protocol authors, T0 and near tasks (~40 min)
 done_ $R/audit_cpu_t0/audit.json || \
 $CTR audit --checkpoint $R/s1_smollm2 --tasks $TASKS --n-inputs 16 --shots 8 --max-templates 1 \
-  --eval-max-templates 2 --max-examples 50 --output-dir $R/audit_cpu_t0
+  --eval-max-templates 2 --max-examples 40 --output-dir $R/audit_cpu_t0
 done_ $R/audit_cpu_near/audit.json || \
 $CTR audit --checkpoint $R/s1_smollm2 --suite near --n-inputs 16 --shots 8 --max-templates 1 \
-  --eval-max-templates 2 --max-examples 50 --output-dir $R/audit_cpu_near
+  --eval-max-templates 2 --max-examples 40 --output-dir $R/audit_cpu_near

@@ -9,7 +9,7 @@ import pytest
 
 from ctr.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
 from ctr.zero_label import AdaptCommon, ZeroLabelConfig
-from tests.test_adapt import L, K, ctr_model, need_data
+from test_adapt import K, L, ctr_model, need_data  # tests/ is on sys.path under pytest
 
 
 def test_authors_protocol_is_never_the_default():

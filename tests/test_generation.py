@@ -144,3 +144,15 @@ def test_cli_generate(tiny_paths, tmp_path, capsys):
     assert main(args + ["--code", "1,2"]) == 2
     assert main(args + ["--task", "nope"]) == 2
     assert "not in the code table" in capsys.readouterr().err
+
+
+def test_a_continuous_prompt_generates_like_the_code_it_was_made_from(model):
+    """Prompt tuning is evaluated by generating under its prompt: the prompt of a code
+    (its soft-prompt vectors) must give exactly that code's tokens."""
+    code = CODES[2]
+    with torch.no_grad():
+        prompt = model.soft_prompt(1, codes=torch.tensor([code]))[0][0]
+    by_code = generate_ids_with_codes(model, TEXTS, code, max_new_tokens=6)
+    assert generate_ids_with_codes(model, TEXTS, None, max_new_tokens=6, prompt=prompt) == by_code
+    with pytest.raises(ValueError, match="not both"):
+        generate_ids_with_codes(model, TEXTS, code, max_new_tokens=6, prompt=prompt)
