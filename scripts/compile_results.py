@@ -124,8 +124,85 @@ def zero_shot_table() -> bool:
     return True
 
 
+def near_table() -> bool:
+    """Near-transfer suite on the CPU budget (results_smollm2.sh step 7)."""
+    p = runs / "near_cpu"
+    need = ["zero_shot", "multitask", "zero_label", "few_shot"]
+    have = {n: load(p / n / "results.json") for n in need if (p / n / "results.json").exists()}
+    if "zero_shot" not in have:
+        return False
+    zs = have["zero_shot"]
+    cols = [("backbone zero-shot", zs)]
+    if "multitask" in have:
+        cols.append(("multi-task prompted baseline", have["multitask"]))
+    if "zero_label" in have:
+        cols.append(("CTR zero-label", have["zero_label"]))
+    if "few_shot" in have:
+        runs_fs = have["few_shot"]["runs"]
+        cols += [("CTR few-shot (Bitwise)", runs_fs["bitwise"]), ("discrete only", runs_fs["discrete"])]
+        if "prompt_tuning" in runs_fs:
+            cols.append(("prompt tuning", runs_fs["prompt_tuning"]))
+    s1 = load(runs / "s1_smollm2/train_config.json")
+    lines = ["# Near-transfer suite on SmolLM2-135M-Instruct, CPU budget (issue 5, part 1)", "",
+             f"Training (the same for CTR stage 1 and the multi-task baseline): 24 T0 tasks "
+             f"(`--tasks-per-type 3 --drop-single-answer`: IMDB, Rotten Tomatoes, DBpedia and the other "
+             f"single-answer tasks dropped), {s1['steps']} steps x {s1['batch_size']} examples, source "
+             f"{s1['max_source_len']} / target {s1['max_target_len']} tokens, seed 0. CTR stage 1: LM frozen, "
+             "lr 1e-2 (projections x0.01). Multi-task baseline: `--stage 2 --no-codes`, LM trained, lr 1e-4.", "",
+             f"Evaluation: {zs['config']['max_examples']} seeded examples per task, first 2 usable templates, "
+             "median accuracy (%). Zero-label: 16 unlabelled train inputs x 2 templates (AG News: from its test "
+             "split, excluded from evaluation), 24 candidate codes. Few-shot: 8 label-balanced shots x 1 template, "
+             "Bitwise Search over values seen in training codes, 1 sweep; prompt tuning 40 steps on the same shots. "
+             "Chance: SST-2 50, TREC 16.7 (6 classes), AG News 25. CPU, 2 cores.", "",
+             "| task | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for t in zs["tasks"]:
+        lines.append(f"| {t} | " + " | ".join(f"{r['tasks'][t]['median']:.1f}" for _, r in cols) + " |")
+    avg = [sum(r["tasks"][t]["median"] for t in zs["tasks"]) / len(zs["tasks"]) for _, r in cols]
+    lines.append("| **average** | " + " | ".join(f"**{a:.1f}**" for a in avg) + " |")
+    if "zero_label" in have:
+        lines += ["", "Codes picked without labels (training task whose code won, agreement best / second):", ""]
+        for t, sel in load(p / "zero_label/zero_label.json")["tasks"].items():
+            r = sel["ranked"]
+            lines.append(f"- {t}: `{sel['from_tasks'][0]}` ({r[0]['agreement']:.3f} / "
+                         f"{r[1]['agreement'] if len(r) > 1 else float('nan'):.3f})")
+    if "few_shot" in have:
+        lines += ["", "Few-shot starts (best training code on the shots):", ""]
+        for t, a in have["few_shot"]["adapted"].items():
+            lines.append(f"- {t}: `{a['start_tasks'][0]}`, loss {a['start_objective']:.2f} -> "
+                         f"{a['search_objective']:.2f} after search")
+    lines += ["", "Command: `bash scripts/results_smollm2.sh` (steps 1 and 7), then `python scripts/compile_results.py`."]
+    (out / "near_smollm2.md").write_text("\n".join(lines) + "\n")
+    (out / "near_smollm2.json").write_text(json.dumps({n: r for n, r in have.items()}, indent=1) + "\n")
+    return True
+
+
+def audit_tables() -> bool:
+    found = [(n, runs / n / "audit.md") for n in ("audit_cpu_t0", "audit_cpu_near")]
+    found = [(n, f) for n, f in found if f.exists()]
+    if not found:
+        return False
+    lines = ["# Selection-protocol audit on SmolLM2-135M-Instruct, CPU budget (issue 5, part 3)", "",
+             "Checkpoint: the CPU stage-1 run (`runs/s1_smollm2`: 24 T0 tasks, 120 steps x 8). Each row: the "
+             "code one protocol selects, scored on its own selection examples and on evaluation examples that "
+             "neither protocol used. Ours reads no labels (zero-label) and selects on train examples; "
+             "`--protocol authors` selects on label-balanced evaluation examples, filters zero-label "
+             "candidates by the gold label shares, and leaves its selection examples in the evaluation. "
+             "The H200 rows for ANLI R1/R2 (91-task codebook) are in `gpu_h200/README.md`.", ""]
+    for name, f in found:
+        lines += [f"## {'T0 held-out tasks' if name.endswith('t0') else 'near-transfer tasks'}", "",
+                  f.read_text(), ""]
+        (out / f"{name}.json").write_text((runs / name / "audit.json").read_text())
+    lines += ["Command: `bash scripts/results_smollm2.sh` (step 8), then `python scripts/compile_results.py`."]
+    (out / "audit_smollm2.md").write_text("\n".join(lines) + "\n")
+    return True
+
+
 if __name__ == "__main__":
     adaptation_table()
     if zero_shot_table():
         print("wrote results/t0_zeroshot_smollm2.md")
     print("wrote results/adaptation_smollm2.md")
+    if near_table():
+        print("wrote results/near_smollm2.md")
+    if audit_tables():
+        print("wrote results/audit_smollm2.md")
