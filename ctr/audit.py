@@ -14,14 +14,13 @@ Optimism = accuracy on the selection examples - accuracy on the disjoint example
 from __future__ import annotations
 
 import dataclasses
-import random
 import statistics
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .config import opt
 from .eval_tasks import get_task, load_examples
-from .evaluate import EvalConfig, eval_templates, score_templates
+from .evaluate import EvalConfig, eval_templates, score_templates, seeded_subsample
 from .few_shot import FewShotConfig, adapt_task
 from .fileio import write_json
 from .zero_label import AdaptCommon, ZeroLabelConfig, prepare_adaptation, select_code
@@ -75,8 +74,7 @@ def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> l
     # disjoint: evaluation examples no protocol selected with
     used = {e.index for *_, s in chosen if not s.source.startswith("train") for e in s.examples}
     pool = [e for e in load_examples(task, "eval", root=cfg.data_dir) if e.index not in used]
-    if cfg.max_examples and len(pool) > cfg.max_examples:
-        pool = sorted(random.Random(cfg.seed).sample(pool, cfg.max_examples), key=lambda e: e.index)
+    pool = seeded_subsample(pool, cfg.max_examples, cfg.seed)
     ecfg = EvalConfig(model=cfg.checkpoint, suite=cfg.suite, templates=cfg.templates,
                       max_templates=cfg.eval_max_templates, max_input_len=cfg.max_input_len,
                       target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir)

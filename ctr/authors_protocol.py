@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .eval_tasks import EvalTask, get_task, load_examples
+from .eval_tasks import EvalTask, get_task, load_examples, render_task, task_templates
 from .splits import AdaptSplit, balanced_by_label
 
 PROTOCOLS = ("ours", "authors")
@@ -44,3 +44,13 @@ def distribution_distance(predictions: list[int], gold: dict[int, float]) -> flo
     pred = {k: v / n for k, v in Counter(predictions).items()}
     keys = set(pred) | set(gold)
     return 0.5 * sum(abs(pred.get(k, 0.0) - gold.get(k, 0.0)) for k in keys)
+
+
+def authors_gold_indices(task, examples, prompts, root=None) -> list[int]:
+    """Gold answer index of every selection prompt: only the authors' protocol reads these."""
+    gold: dict[tuple[str, int], int] = {}
+    by_name = {t.name: t for t in task_templates(task, root)}
+    for name in {t for t, _, _ in prompts}:
+        instances, _ = render_task(task, by_name[name], examples)
+        gold.update({(name, i.index): i.label_index for i in instances})
+    return [gold.get((t, index), -1) for t, index, _ in prompts]  # -1: renders without its label only

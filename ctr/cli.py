@@ -14,8 +14,6 @@ from .config import TrainConfig
 def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
     """argparse settings for a field annotation written as a string (PEP 563)."""
     ann = annotation.replace(" ", "").replace("|None", "")
-    if ann == "bool":
-        return None, {"action": "bool"}
     if ann.startswith("list["):
         inner = {"str": str, "int": int, "float": float}[ann[5:-1]]
         return inner, {"nargs": "*"}
@@ -37,16 +35,15 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
-        typ, kw = _parse_type(str(f.type))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
         if default not in (None, [], ""):
             help_text += f" (default: {default})"
-        if kw.get("action") == "bool":
+        if str(f.type).replace(" ", "").replace("|None", "") == "bool":
             _add_bool(parser, f.name, default, help_text)
             continue
-        if typ is not None:
-            kw["type"] = typ
+        typ, kw = _parse_type(str(f.type))
+        kw["type"] = typ
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
                             help=help_text, **kw)
 

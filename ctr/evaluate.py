@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -116,6 +117,14 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def seeded_subsample(examples: list, n: int | None, seed: int) -> list:
+    """At most n of `examples`, drawn with `seed`, in their original order."""
+    if not n or len(examples) <= n:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
 def eval_templates(task, cfg: EvalConfig, examples: list) -> tuple[list, Any]:
     """The templates `cfg` asks for (named, or the usable original-task ones, first N) and
     the usability report (None when named)."""
@@ -147,9 +156,11 @@ def score_templates(model: CTRModel, task, templates: list, examples: list, code
                                        "accuracy_norm": round(100 * acc_norm, 2),
                                        "skipped": {str(k): v for k, v in skipped.items()}}
     accs = [v["accuracy"] for v in per_template.values() if v["n"]]
+    norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
     return {"templates": per_template, "accuracies": accs,
             "median": round(statistics.median(accs), 2) if accs else None,
-            "mean": round(statistics.mean(accs), 2) if accs else None}
+            "mean": round(statistics.mean(accs), 2) if accs else None,
+            "median_norm": round(statistics.median(norms), 2) if norms else None}
 
 
 def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
@@ -168,20 +179,15 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
         examples = load_examples(task, "eval", root=cfg.data_dir)
         drop = set(excluded.get(name, []))
         examples = [e for e in examples if e.index not in drop]
-        if cfg.max_examples and len(examples) > cfg.max_examples:
-            import random
-            keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.max_examples))
-            examples = [examples[i] for i in keep]
+        examples = seeded_subsample(examples, cfg.max_examples, cfg.seed)
         templates, report = eval_templates(task, cfg, examples)
         task_scorer = RankScorer(model, scorer.batch_size, progress, prompts[name]) if prompts else scorer
         summary = score_templates(model, task, templates, examples, codes[name], task_scorer, cfg)
         per_template, accs = summary["templates"], summary["accuracies"]
-        norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
         results[name] = {
             "examples": len(examples), "indices": [e.index for e in examples],
             "code": codes[name], "templates": per_template,
-            "median": summary["median"], "mean": summary["mean"],
-            "median_norm": round(statistics.median(norms), 2) if norms else None,
+            "median": summary["median"], "mean": summary["mean"], "median_norm": summary["median_norm"],
             "unusable_templates": [str(s) for s in report.skipped] if report else [],
         }
         if progress:

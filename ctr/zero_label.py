@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 
+from .authors_protocol import (authors_gold_indices, check_protocol, distribution_distance,
+                               gold_distribution, label_balanced_eval)
 from .config import opt
 from .eval_tasks import (get_task, list_tasks, render_prompts, select_templates, task_templates,
                          usable_templates)
@@ -25,7 +27,6 @@ from .evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
 from .fileio import read_json, write_json
 from .modeling import CTRModel
 from .scoring import RankScorer, ScoreRequest, tokenize_request
-from .authors_protocol import check_protocol, distribution_distance, gold_distribution, label_balanced_eval
 from .splits import AdaptSplit, few_shot, unlabeled_inputs
 from .templates import RenderError
 
@@ -181,17 +182,6 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
             "from_tasks": best["tasks"], "selection_source": split.source,
             "selection_indices": [e.index for e in split.examples], "exclude": split.exclude,
             "inputs": n, "templates": names, "ranked": ranked}
-
-
-def authors_gold_indices(task, examples, prompts, root=None) -> list[int]:
-    """Gold answer index of every selection prompt: only the authors' protocol reads these."""
-    from .eval_tasks import render_task
-    gold: dict[tuple[str, int], int] = {}
-    by_name = {t.name: t for t in task_templates(task, root)}
-    for name in {t for t, _, _ in prompts}:
-        instances, _ = render_task(task, by_name[name], examples)
-        gold.update({(name, i.index): i.label_index for i in instances})
-    return [gold.get((t, index), -1) for t, index, _ in prompts]  # -1: renders without its label only
 
 
 def _softmax(xs: list[float]) -> list[float]:

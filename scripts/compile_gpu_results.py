@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
+
+from compile_results import audit_rows_from_log  # scripts/ is on sys.path
 
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
 out = Path("results/gpu_h200")
@@ -43,18 +44,6 @@ def near_table() -> list[str]:
     return lines
 
 
-def audit_rows() -> list[str]:
-    """The audit step was cut by its time limit: its per-row log lines are what finished."""
-    pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
-    lines = ["| task | method | protocol | acc on selection | acc on disjoint | optimism | reported |",
-             "|---|---|---|---|---|---|---|"]
-    for m in pat.finditer((runs / "log_audit.txt").read_text()):
-        t, meth, prot, s, d, r = m.groups()
-        lines.append(f"| {t} | {meth} | {prot} | {float(s):.1f} | {float(d):.1f} | "
-                     f"{float(s) - float(d):+.1f} | {float(r):.1f} |")
-    return lines
-
-
 def t0_rows() -> list[str]:
     lines = ["| task | examples (full set) | templates | median acc | mean acc | seconds |", "|---|---|---|---|---|---|"]
     for f in sorted((runs / "t0_zeroshot").glob("*/results.json")):
@@ -74,7 +63,7 @@ dst = out / "analysis_s1"
 shutil.rmtree(dst, ignore_errors=True)
 shutil.copytree(runs / "analysis_s1", dst)
 sections = {
-    "stage1": stage1(), "t0": t0_rows(), "near": near_table(), "audit": audit_rows(),
+    "stage1": stage1(), "t0": t0_rows(), "near": near_table(), "audit": audit_rows_from_log(runs / "log_audit.txt").splitlines(),
     "bench": [f"`search_speedup={bench['search_speedup']:.2f} same_code={str(bench['same_code']).lower()}` "
               f"(batched {bench['batched_seconds']} s, reference {bench['reference_seconds']} s; "
               f"{bench['shots']} shots of {bench['task']}, {bench['values_per_position']} values per position, "

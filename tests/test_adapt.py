@@ -212,14 +212,19 @@ def test_prompt_tuning_lowers_shot_loss_and_leaves_the_model_alone(arch):
     assert -sum(t.logprob[0] for t in tuned) < obj_code
 
 
+def train_tiny_run(run, tiny_paths, task_file):
+    """A stage-1 run of the tiny llama on the small task file (codes L x K)."""
+    from ctr.config import TrainConfig
+    from ctr.trainer import train
+    train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
+                      train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
+    return run
+
+
 def test_cli_zero_label_and_few_shot_end_to_end(tiny_paths, task_file, tmp_path, capsys):
     need_data()
     from ctr.cli import main
-    from ctr.config import TrainConfig
-    from ctr.trainer import train
-    run = tmp_path / "s1"
-    train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
+    run = train_tiny_run(tmp_path / "s1", tiny_paths, task_file)
     zl = tmp_path / "zl"
     assert main(["zero-label", "--checkpoint", str(run), "--tasks", "super_glue_cb", "anli_r2",
                  "--n-inputs", "4", "--max-templates", "1", "--max-examples", "5",

@@ -9,7 +9,7 @@ import pytest
 
 from ctr.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
 from ctr.zero_label import AdaptCommon, ZeroLabelConfig
-from test_adapt import K, L, ctr_model, need_data  # tests/ is on sys.path under pytest
+from test_adapt import ctr_model, need_data, train_tiny_run  # tests/ is on sys.path under pytest
 
 
 def test_authors_protocol_is_never_the_default():
@@ -61,11 +61,7 @@ def test_distribution_distance():
 def test_audit_end_to_end(tiny_paths, task_file, tmp_path):
     need_data()
     from ctr.cli import main
-    from ctr.config import TrainConfig
-    from ctr.trainer import train
-    run = tmp_path / "s1"
-    train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
+    run = train_tiny_run(tmp_path / "s1", tiny_paths, task_file)
     out = tmp_path / "audit"
     assert main(["audit", "--checkpoint", str(run), "--tasks", "super_glue_cb", "anli_r1",
                  "--n-inputs", "4", "--shots", "2", "--max-templates", "1", "--eval-max-templates", "1",
