@@ -46,7 +46,9 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
                    trajectory_path: str | Path | None = None, chunk: int | None = None,
                    on_step: Callable[[dict], None] | None = None) -> SearchResult:
     """Greedy coordinate search. `starts`: candidate start codes (the best one is taken);
-    `values[p]`: the values tried at position p. `chunk` caps codes per objective call."""
+    `values[p]`: the values tried at position p. `chunk` caps codes per objective call
+    (default: all of a position's codes in one call; a `ShotObjective`'s scorer batches
+    their rows by length within its own memory limit)."""
     L = len(values)
     t0 = time.time()
     log: list[dict] = []

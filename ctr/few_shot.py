@@ -74,7 +74,7 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
     values = seen_values(candidates, L) if cfg.values == "seen" else [list(range(K))] * L
     t0 = time.time()
     result = bitwise_search(search_obj, [c for c, _ in candidates], values, cfg.max_sweeps, cfg.seed,
-                            trajectory_path=out / f"trajectory_{name}.jsonl", chunk=max(1, 256 // max(1, len(search_obj.shots))))
+                            trajectory_path=out / f"trajectory_{name}.jsonl")
     chosen, how = result.code, "search objective"
     held_scores = None
     if held:

@@ -5,7 +5,9 @@ Each input is processed once and all its choices are scored from it:
   shared encoder states.
 - decoder-only: one pass over the input that keeps its KV cache; the choices continue
   from that cache (rows repeated per choice), and the LM head runs on choice tokens only.
-Batches are sorted by length; the batch size halves on out-of-memory and retries.
+Requests are sorted by input length before batching, so a batch holds inputs of about
+one length (codes x shots of a search: the same shot under many codes) and little padding;
+the batch size halves on out-of-memory and retries.
 Every request may carry its own code, so one batch can mix tasks.
 """
 from __future__ import annotations
@@ -138,7 +140,8 @@ class RankScorer:
             out = m.body(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
                          use_cache=True)
             cache = out.cache if "cache" in out else out.past_key_values
-            cache.reorder_cache(pair_row)  # each input's cache, once per choice
+            if len(choices) != len(batch):  # one choice each (a loss objective): no copy
+                cache.reorder_cache(pair_row)  # each input's cache, once per choice
             pmask = x.mask[pair_row]
             start = pmask.sum(1, keepdim=True)
             steps = torch.arange(cwidth, device=dev)

@@ -204,8 +204,7 @@ def adapt_heldout(cfg: SynthConfig, model: CTRModel, suite: Suite, seed: int,
         evaluation = suite.evaluation[name]
         objective = ShotObjective(scorer, shots, "loss")
         t0 = time.time()
-        res = bitwise_search(objective, [list(s) for s in starts], values, cfg.max_sweeps, seed,
-                             chunk=max(1, 512 // len(shots)))
+        res = bitwise_search(objective, [list(s) for s in starts], values, cfg.max_sweeps, seed)
         search_s = time.time() - t0
         rng = random.Random(f"{seed}/random/{name}")
         draws = [[rng.choice(values[p]) for p in range(L)] for _ in range(cfg.random_draws)]

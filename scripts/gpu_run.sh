@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Real-scale runs on a lent GPU (one H100/H200), in steps that each write under $R and are
 # packed into $OUT/results.tgz after every step, so a run cut short keeps what it finished.
-#   bash scripts/gpu_run.sh STEP...     steps: s1 bench zs11 mt near audit steer
+#   bash scripts/gpu_run.sh STEP...     steps: s1 bench zs11 mt near audit nearfs steer
 # Environment (GPU defaults; the CPU dry run sets tiny values):
 #   R        runs folder (default /tmp/runs: it survives between calls on a warm machine)
 #   MODEL    backbone (default smollm2)       STEPS   training steps (400)
 #   BS       training batch (64)              EBS     scoring batch (128)
 #   MAXEX    near-suite examples per task (1000)   AUDITEX audit disjoint examples (300)
 #   TPT      T0 tasks per task type (12)      T0MAX   T0 examples per task ("" = full sets)
+#   AUDIT_TASKS  tasks the audit runs, in order (T0 and near names)
 # Every step has a time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-AUDIT_TASKS=${AUDIT_TASKS:-}
 cd "$(dirname "$0")/.."
 R=${R:-/tmp/runs}; OUT=${OUT:-$R/out}; MODEL=${MODEL:-smollm2}
 STEPS=${STEPS:-400}; BS=${BS:-64}; EBS=${EBS:-128}; MAXEX=${MAXEX:-1000}; AUDITEX=${AUDITEX:-300}
@@ -18,6 +18,8 @@ TPT=${TPT:-12}; T0MAX=${T0MAX:-}; PRESET=${PRESET:-cpu-small}
 SRC=${SRC:-256}; TGT=${TGT:-32}; SHOTS=${SHOTS:-32}; NIN=${NIN:-32}
 CTR="python3 -m ctr.cli"
 mkdir -p "$R" "$OUT"
+AUDIT_TASKS=${AUDIT_TASKS:-"super_glue_rte super_glue_cb super_glue_copa glue_sst2 ag_news trec \
+  super_glue_wic super_glue_wsc.fixed anli_r3 winogrande_winogrande_xl story_cloze_2016 hellaswag"}
 T0_TASKS=${T0_TASKS:-"super_glue_cb super_glue_copa super_glue_rte super_glue_wsc.fixed super_glue_wic anli_r1 anli_r2 anli_r3 winogrande_winogrande_xl story_cloze_2016 hellaswag"}
 TRAIN="--tasks-per-type $TPT --drop-single-answer --max-source-len $SRC --max-target-len $TGT \
   --steps $STEPS --batch-size $BS --micro-batch-size $BS --preset $PRESET --model $MODEL --log-every 10"
@@ -60,21 +62,28 @@ near() {  # near-transfer suite: backbone, multi-task baseline, CTR zero-label /
   [ -d $R/mt/final ] && $CTR eval --model $R/mt $N --zero-shot-results $R/near/zero_shot/results.json \
     --output-dir $R/near/multitask
   $CTR zero-label --checkpoint $R/s1 $N --n-inputs $NIN --max-templates 3 --output-dir $R/near/zero_label
-  $CTR few-shot --checkpoint $R/s1 $N --shots $SHOTS --max-templates 1 --max-sweeps 2 --values all \
-    --prompt-tuning --prompt-steps 100 --output-dir $R/near/few_shot
+  nearfs
 }
-audit() {  # selection-protocol audit on the T0 and near suites
-  $CTR audit --checkpoint $R/s1 ${AUDIT_TASKS:+--tasks $AUDIT_TASKS} --n-inputs $NIN --shots $(( SHOTS / 2 )) --max-templates 2 --eval-max-templates 3 \
-    --max-examples $AUDITEX --batch-size $EBS --output-dir $R/audit_t0
-  $CTR audit --checkpoint $R/s1 --suite near --n-inputs $NIN --shots $(( SHOTS / 2 )) --max-templates 2 \
-    --eval-max-templates 3 --max-examples $AUDITEX --batch-size $EBS --output-dir $R/audit_near
+audit() {  # selection-protocol audit, one folder per task (a cut run keeps finished tasks)
+  local A="--checkpoint $R/s1 --n-inputs $NIN --shots $(( SHOTS / 2 )) --max-templates 2 \
+    --eval-max-templates 3 --max-examples $AUDITEX --batch-size $EBS"
+  for t in $AUDIT_TASKS; do
+    local suite=t0; case $t in glue_sst2|trec|ag_news) suite=near ;; esac
+    [ -f $R/audit/$t/audit.json ] || $CTR audit $A --suite $suite --tasks $t --output-dir $R/audit/$t \
+      || echo "[audit] $t failed"
+  done
+}
+nearfs() {  # near suite: CTR few-shot, discrete-only and prompt tuning on the s1 codebook
+  $CTR few-shot --checkpoint $R/s1 --suite near --max-examples $MAXEX --batch-size $EBS --shots $SHOTS \
+    --max-templates 1 --max-sweeps 2 --values all --prompt-tuning --prompt-steps 100 \
+    --output-dir $R/near/few_shot
 }
 steer() {  # code analysis and the controllability experiment on the GPU codebook
   $CTR analyze $R/s1 --steer --output-dir $R/analysis_s1
 }
 
 export AUDIT_TASKS SHOTS NIN R OUT MODEL STEPS BS EBS MAXEX AUDITEX TPT T0MAX PRESET SRC TGT CTR T0_TASKS TRAIN
-export -f s1 bench zs11 mt near audit steer
+export -f s1 bench zs11 mt near audit nearfs steer
 for s in "$@"; do
   case $s in
     s1) step s1 ${LIM_S1:-110} s1 ;;
@@ -83,6 +92,7 @@ for s in "$@"; do
     mt) step mt ${LIM_MT:-80} mt ;;
     near) step near ${LIM_NEAR:-90} near ;;
     audit) step audit ${LIM_AUDIT:-110} audit ;;
+    nearfs) step nearfs ${LIM_NEARFS:-90} nearfs ;;
     steer) step steer ${LIM_STEER:-40} steer ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac

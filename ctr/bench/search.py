@@ -5,8 +5,9 @@
 Both searches use the same model, shots, start codes, positions order and values. The
 reference re-creates the released code's loop: for every candidate code it re-tokenises
 the shots, runs one forward pass over them (shots batched) with full-vocabulary logits
-and sums the target loss. The batched search scores all values of a position together
-(codes x shots per pass, target-only LM head, tokenised once).
+and sums the target loss. The batched search scores all values of a position together:
+tokenised once, their codes x shots rows sorted by length into passes of --batch-size rows
+(so a pass holds a few shots under many codes and little padding), target-only LM head.
 Without --checkpoint a fresh CTR model on the backbone is used (timing does not depend on
 training). Last line: `search_speedup=<reference time / batched time> same_code=<true|false>`.
 """
@@ -98,14 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(args.seed)
     values = [sorted(torch.randperm(K, generator=g)[:args.values].tolist()) for _ in range(L)]
     batched_obj = ShotObjective(RankScorer(model, args.batch_size, progress=False), shots)
-    chunk = max(1, args.batch_size // len(shots))
     ref_obj = reference_objective(model, texts, model.seq2seq, " ", 1024)
     batched_obj(starts[:1])  # warm-up both paths
     ref_obj(starts[:1])
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    fast = bitwise_search(batched_obj, starts, values, args.max_sweeps, args.seed, chunk=chunk)
+    fast = bitwise_search(batched_obj, starts, values, args.max_sweeps, args.seed)
     sync()
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -1,0 +1,86 @@
+"""The GPU selection-protocol audit as one table: per-task `ctr audit` folders from
+`scripts/gpu_run.sh audit` (unpacked into runs/gpu_h100/audit) plus rows that an earlier,
+cut run left only in its log (runs/gpu/log_audit.txt, same checkpoint and settings).
+
+    python scripts/compile_audit_gpu.py [runs/gpu_h100] [runs/gpu/log_audit.txt]
+Writes results/gpu_h100/audit.json and audit.md.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from ctr.audit import audit_table
+from ctr.eval_tasks import get_task
+
+runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu_h100")
+old_log = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/gpu/log_audit.txt")
+out = Path("results/gpu_h100")
+out.mkdir(parents=True, exist_ok=True)
+
+rows: list[dict] = []
+config = None
+for f in sorted((runs / "audit").glob("*/audit.json")):
+    res = json.loads(f.read_text())
+    config = config or res["config"]
+    rows += [dict(r, hardware="H100") for r in res["rows"]]
+done = {r["task"] for r in rows}
+if old_log.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only log lines
+    pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
+    for m in pat.finditer(old_log.read_text()):
+        task, method, protocol, sel, dis, rep = m.groups()
+        if task in done:
+            continue
+        sel, dis, rep = float(sel), float(dis), float(rep)
+        rows.append({"task": task, "method": method, "protocol": protocol, "hardware": "H200",
+                     "selection_examples": 32 if method == "zero-label" else 16,
+                     "selection_source": "eval (from the run's log)", "acc_selection": sel,
+                     "acc_disjoint": dis, "acc_reported": rep, "optimism": round(sel - dis, 2)})
+suite_of = {r["task"]: get_task(r["task"]).suite for r in rows}
+rows.sort(key=lambda r: (suite_of[r["task"]], r["task"]))
+
+
+def summary(sel_rows: list[dict]) -> list[str]:
+    """Mean over tasks, with the standard error across tasks, of optimism and of the gap
+    between what each protocol reports."""
+    lines = ["| method | protocol | tasks | optimism (mean +- s.e.) | reported acc | acc on disjoint |",
+             "|---|---|---|---|---|---|"]
+    for method in ("zero-label", "few-shot"):
+        for protocol in ("ours", "authors"):
+            rs = [r for r in sel_rows if r["method"] == method and r["protocol"] == protocol]
+            if len(rs) < 2:
+                continue
+            opt = [r["optimism"] for r in rs]
+            se = statistics.stdev(opt) / len(opt) ** 0.5
+            lines.append(f"| {method} | {protocol} | {len(rs)} | {statistics.mean(opt):+.1f} +- {se:.1f} | "
+                         f"{statistics.mean(r['acc_reported'] for r in rs):.1f} | "
+                         f"{statistics.mean(r['acc_disjoint'] for r in rs):.1f} |")
+    return lines
+
+
+md = ["# Selection-protocol audit, SmolLM2-135M-Instruct with the 91-task GPU codebook (issue 5, part 3)", "",
+      "Checkpoint: the H200 stage-1 run (`results/gpu_h200/`: 91 T0 training tasks, 400 steps x 64). "
+      "Zero-label: 32 inputs x 2 templates; few-shot: 16 shots x 2 templates, values seen in training codes, "
+      "1 sweep; every chosen code scored on its own selection examples and on up to 300 evaluation examples "
+      "that neither protocol selected with (median over the first 3 templates). Optimism = accuracy on the "
+      "selection examples - accuracy on the disjoint examples. Ours reads no labels for zero-label and selects "
+      "on the train split where the task has one (else on validation examples it then excludes); "
+      "`--protocol authors` selects on label-balanced evaluation examples, filters zero-label candidates by "
+      "the gold label shares and keeps its selection examples in the evaluation.", "",
+      "Hardware: one H100 (this session) for every task but ANLI R1/R2, which come from the log of the H200 "
+      "run that was cut after them (same checkpoint and settings). Seed 0. Command per task: "
+      "`ctr audit --checkpoint runs/s1 --suite SUITE --tasks TASK --n-inputs 32 --shots 16 --max-templates 2 "
+      "--eval-max-templates 3 --max-examples 300 --batch-size 128` (`scripts/gpu_run.sh audit`). Not run: "
+      "Winogrande, StoryCloze, HellaSwag (the device time ran out).", "",
+      "With 16-32 selection examples one example moves a selection accuracy by 3-6 points, so single rows "
+      "are noisy; the summary pools tasks.", ""]
+for suite, title in (("t0", "T0 held-out tasks"), ("near", "near-transfer tasks")):
+    sel_rows = [r for r in rows if suite_of[r["task"]] == suite]
+    md += [f"## {title}: summary over tasks", ""] + summary(sel_rows) + [""]
+md += ["## All tasks, per row (means at the end)", "", audit_table(rows), ""]
+(out / "audit.md").write_text("\n".join(md))
+(out / "audit.json").write_text(json.dumps({"config": config, "rows": rows}, indent=1) + "\n")
+print("\n".join(md))
