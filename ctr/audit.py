@@ -65,11 +65,11 @@ def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> l
             n = cfg.n_inputs if method == "zero-label" else cfg.shots
             split = mcfg.selection_split(task, n, labelled=method == "few-shot")
             if method == "zero-label":
-                code = select_code(model, name, mcfg, candidates, scorer)["code"]
+                code = select_code(model, name, mcfg, candidates, scorer, split)["code"]
             else:
                 folder = out / f"few_shot_{protocol}"
                 folder.mkdir(parents=True, exist_ok=True)
-                code = adapt_task(model, name, mcfg, candidates, scorer, folder)["code"]
+                code = adapt_task(model, name, mcfg, candidates, scorer, folder, split)["code"]
             chosen.append((method, protocol, code, split))
     # disjoint: evaluation examples no protocol selected with
     used = {e.index for *_, s in chosen if not s.source.startswith("train") for e in s.examples}

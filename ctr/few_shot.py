@@ -24,6 +24,7 @@ from .fileio import write_json
 from .modeling import CTRModel
 from .prompt_tuning import tune_prompt
 from .scoring import RankScorer, tokenize_request
+from .splits import AdaptSplit
 from .zero_label import AdaptCommon, prepare_adaptation, selection_templates
 
 
@@ -58,10 +59,11 @@ def seen_values(candidates: list[tuple[list[int], list[str]]], L: int) -> list[l
 
 
 def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
-               candidates: list[tuple[list[int], list[str]]], scorer: RankScorer, out: Path
-               ) -> dict[str, Any]:
+               candidates: list[tuple[list[int], list[str]]], scorer: RankScorer, out: Path,
+               split: AdaptSplit | None = None) -> dict[str, Any]:
+    """`split`: the shots, when the caller has drawn them already (the audit)."""
     task = get_task(name)
-    split = cfg.selection_split(task, cfg.shots, labelled=True)
+    split = split or cfg.selection_split(task, cfg.shots, labelled=True)
     examples = list(split.examples)
     held: list = []
     if cfg.holdout > 0:
