@@ -1,8 +1,10 @@
-"""The GPU selection-protocol audit as one table: per-task `ctr audit` folders from
-`scripts/gpu_run.sh audit` (unpacked into runs/gpu_h100/audit) plus rows that an earlier,
-cut run left only in its log (runs/gpu/log_audit.txt, same checkpoint and settings).
+"""The selection-protocol audit of the 91-task GPU codebook as one table: per-task
+`ctr audit` folders from `scripts/gpu_run.sh audit` (unpacked into runs/gpu_h100/audit),
+rows that an earlier, cut run left only in its log (runs/gpu/log_audit.txt, same checkpoint
+and settings), and the tasks the device time missed, run on the CPU with one selection
+template and 100 disjoint examples (runs/audit_cpu_gpucodebook).
 
-    python scripts/compile_audit_gpu.py [runs/gpu_h100] [runs/gpu/log_audit.txt]
+    python scripts/compile_audit_gpu.py
 Writes results/gpu_h100/audit.json and audit.md.
 """
 from __future__ import annotations
@@ -14,19 +16,20 @@ import sys
 from pathlib import Path
 
 from ctr.audit import audit_table
-from ctr.eval_tasks import get_task
+from ctr.eval_tasks import get_task, list_tasks
 
-runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu_h100")
-old_log = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/gpu/log_audit.txt")
+FOLDERS = {"H100": Path("runs/gpu_h100/audit"), "CPU": Path("runs/audit_cpu_gpucodebook")}
+old_log = Path("runs/gpu/log_audit.txt")
 out = Path("results/gpu_h100")
 out.mkdir(parents=True, exist_ok=True)
 
 rows: list[dict] = []
-config = None
-for f in sorted((runs / "audit").glob("*/audit.json")):
-    res = json.loads(f.read_text())
-    config = config or res["config"]
-    rows += [dict(r, hardware="H100") for r in res["rows"]]
+configs = {}
+for hardware, folder in FOLDERS.items():
+    for f in sorted(folder.glob("*/audit.json")):
+        res = json.loads(f.read_text())
+        configs.setdefault(hardware, res["config"])
+        rows += [dict(r, hardware=hardware) for r in res["rows"]]
 done = {r["task"] for r in rows}
 if old_log.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only log lines
     pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
@@ -40,6 +43,8 @@ if old_log.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only lo
                      "selection_source": "eval (from the run's log)", "acc_selection": sel,
                      "acc_disjoint": dis, "acc_reported": rep, "optimism": round(sel - dis, 2)})
 suite_of = {r["task"]: get_task(r["task"]).suite for r in rows}
+missing = [t.name for t in list_tasks("t0") + list_tasks("near") if t.name not in suite_of]
+by_hw = lambda hw: sorted({r["task"] for r in rows if r["hardware"] == hw})
 rows.sort(key=lambda r: (suite_of[r["task"]], r["task"]))
 
 
@@ -70,11 +75,14 @@ md = ["# Selection-protocol audit, SmolLM2-135M-Instruct with the 91-task GPU co
       "on the train split where the task has one (else on validation examples it then excludes); "
       "`--protocol authors` selects on label-balanced evaluation examples, filters zero-label candidates by "
       "the gold label shares and keeps its selection examples in the evaluation.", "",
-      "Hardware: one H100 (this session) for every task but ANLI R1/R2, which come from the log of the H200 "
-      "run that was cut after them (same checkpoint and settings). Seed 0. Command per task: "
-      "`ctr audit --checkpoint runs/s1 --suite SUITE --tasks TASK --n-inputs 32 --shots 16 --max-templates 2 "
-      "--eval-max-templates 3 --max-examples 300 --batch-size 128` (`scripts/gpu_run.sh audit`). Not run: "
-      "Winogrande, StoryCloze, HellaSwag (the device time ran out).", "",
+      "Hardware: one H100 (session 3) for " + ", ".join(by_hw("H100")) + "; ANLI R1/R2 come from the log of "
+      "the H200 run of session 2 that was cut after them (same checkpoint and settings). Seed 0. Command per "
+      "task: `ctr audit --checkpoint runs/s1 --suite SUITE --tasks TASK --n-inputs 32 --shots 16 "
+      "--max-templates 2 --eval-max-templates 3 --max-examples 300 --batch-size 128` (`scripts/gpu_run.sh "
+      "audit`). " + (("The tasks the device time missed ran on the project's CPU (2 cores), with one "
+      "selection template and 100 disjoint examples (`--max-templates 1 --max-examples 100 --batch-size 32`): "
+      + ", ".join(by_hw("CPU")) + ". ") if by_hw("CPU") else "") + (("Not run: " + ", ".join(missing) + ".")
+      if missing else ""), "",
       "With 16-32 selection examples one example moves a selection accuracy by 3-6 points, so single rows "
       "are noisy; the summary pools tasks.", ""]
 for suite, title in (("t0", "T0 held-out tasks"), ("near", "near-transfer tasks")):
@@ -82,5 +90,5 @@ for suite, title in (("t0", "T0 held-out tasks"), ("near", "near-transfer tasks"
     md += [f"## {title}: summary over tasks", ""] + summary(sel_rows) + [""]
 md += ["## All tasks, per row (means at the end)", "", audit_table(rows), ""]
 (out / "audit.md").write_text("\n".join(md))
-(out / "audit.json").write_text(json.dumps({"config": config, "rows": rows}, indent=1) + "\n")
+(out / "audit.json").write_text(json.dumps({"configs": configs, "rows": rows}, indent=1) + "\n")
 print("\n".join(md))
