@@ -204,7 +204,7 @@ def audit_tables() -> bool:
              "neither protocol used. Ours reads no labels (zero-label) and selects on train examples; "
              "`--protocol authors` selects on label-balanced evaluation examples, filters zero-label "
              "candidates by the gold label shares, and leaves its selection examples in the evaluation. "
-             "The GPU audit on the 91-task codebook (8 T0 and 3 near tasks) is in `gpu_h100/audit.md`.", ""]
+             "The GPU audit on the 91-task codebook (9 T0 and 3 near tasks) is in `gpu_h100/audit.md`.", ""]
     for name, f in found:
         text = f.read_text() if f.exists() else audit_rows_from_log(runs / name / "partial_log.txt")
         lines += [f"## {'T0 held-out tasks' if name.endswith('t0') else 'near-transfer tasks'}", "", text, ""]
