@@ -63,7 +63,7 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
                split: AdaptSplit | None = None) -> dict[str, Any]:
     """`split`: the shots, when the caller has drawn them already (the audit)."""
     task = get_task(name)
-    split = split or cfg.selection_split(task, cfg.shots, labelled=True)
+    split = split if split is not None else cfg.selection_split(task, cfg.shots, labelled=True)
     examples = list(split.examples)
     held: list = []
     if cfg.holdout > 0:

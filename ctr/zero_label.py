@@ -137,7 +137,7 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
                 split: AdaptSplit | None = None) -> dict[str, Any]:
     """`split`: the selection inputs, when the caller has drawn them already (the audit)."""
     task = get_task(task_name)
-    split = split or cfg.selection_split(task, cfg.n_inputs, labelled=False)
+    split = split if split is not None else cfg.selection_split(task, cfg.n_inputs, labelled=False)
     prompts = []  # (template name, example index, PromptedInput): no labels anywhere
     for template in selection_templates(task, cfg, split.examples):
         for index, p in render_prompts(template, split.examples):

@@ -10,11 +10,10 @@ Writes results/gpu_h100/audit.json and audit.md.
 from __future__ import annotations
 
 import json
-import re
 import statistics
-import sys
 from pathlib import Path
 
+from compile_results import audit_log_rows  # scripts/ is on sys.path
 from ctr.audit import audit_table
 from ctr.eval_tasks import get_task, list_tasks
 
@@ -32,16 +31,9 @@ for hardware, folder in FOLDERS.items():
         rows += [dict(r, hardware=hardware) for r in res["rows"]]
 done = {r["task"] for r in rows}
 if old_log.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only log lines
-    pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
-    for m in pat.finditer(old_log.read_text()):
-        task, method, protocol, sel, dis, rep = m.groups()
-        if task in done:
-            continue
-        sel, dis, rep = float(sel), float(dis), float(rep)
-        rows.append({"task": task, "method": method, "protocol": protocol, "hardware": "H200",
-                     "selection_examples": 32 if method == "zero-label" else 16,
-                     "selection_source": "eval (from the run's log)", "acc_selection": sel,
-                     "acc_disjoint": dis, "acc_reported": rep, "optimism": round(sel - dis, 2)})
+    rows += [dict(r, hardware="H200", selection_examples=32 if r["method"] == "zero-label" else 16,
+                  selection_source="eval (from the run's log)")
+             for r in audit_log_rows(old_log) if r["task"] not in done]
 suite_of = {r["task"]: get_task(r["task"]).suite for r in rows}
 missing = [t.name for t in list_tasks("t0") + list_tasks("near") if t.name not in suite_of]
 by_hw = lambda hw: sorted({r["task"] for r in rows if r["hardware"] == hw})

@@ -179,17 +179,28 @@ def near_table() -> bool:
     return True
 
 
-def audit_rows_from_log(log: Path) -> str:
-    """Rows of an audit cut before it wrote audit.json (its per-row log lines)."""
+def audit_log_rows(log: Path) -> list[dict]:
+    """The rows of an audit cut before it wrote audit.json, from its `[audit] ...` log lines."""
     import re
     pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
+    rows = []
+    for m in pat.finditer(log.read_text()):
+        task, method, protocol, sel, dis, rep = m.groups()
+        sel, dis, rep = float(sel), float(dis), float(rep)
+        rows.append({"task": task, "method": method, "protocol": protocol, "acc_selection": sel,
+                     "acc_disjoint": dis, "acc_reported": rep, "optimism": round(sel - dis, 2)})
+    return rows
+
+
+def audit_rows_from_log(log: Path) -> str:
+    """Markdown table of `audit_log_rows`."""
     lines = ["(cut before its end: rows from its log)", "",
              "| task | method | protocol | acc on selection | acc on disjoint | optimism | reported acc |",
              "|---|---|---|---|---|---|---|"]
-    for m in pat.finditer(log.read_text()):
-        t, meth, prot, a, d, r = m.groups()
-        lines.append(f"| {t} | {meth} | {prot} | {float(a):.1f} | {float(d):.1f} | {float(a) - float(d):+.1f} | "
-                     f"{float(r):.1f} |")
+    for r in audit_log_rows(log):
+        lines.append(f"| {r['task']} | {r['method']} | {r['protocol']} | {r['acc_selection']:.1f} | "
+                     f"{r['acc_disjoint']:.1f} | {r['acc_selection'] - r['acc_disjoint']:+.1f} | "
+                     f"{r['acc_reported']:.1f} |")
     return "\n".join(lines)
 
 
