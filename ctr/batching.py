@@ -5,10 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
-
 from .data import Task
 from .modeling import IGNORE
+from .prompt_format import PromptEncoder
 
 
 @dataclass
@@ -18,23 +17,16 @@ class Encoded:
     target: list[int]
 
 
-def encode_tasks(tasks: list[Task], tokenizer: PreTrainedTokenizerBase, max_source_len: int,
-                 max_target_len: int, seq2seq: bool) -> list[list[Encoded]]:
-    """Tokenise every example once. Sources keep their end (the question sits there in
-    most T0 prompts); targets keep their start and end with EOS."""
-    eos = tokenizer.eos_token_id
+def encode_tasks(tasks: list[Task], encoder: PromptEncoder, max_source_len: int,
+                 max_target_len: int) -> list[list[Encoded]]:
+    """Tokenise every example once, by the model's prompt format (`ctr.prompt_format`):
+    sources keep their end (the question sits there in most T0 prompts); targets keep
+    their start and end with EOS."""
     out = []
     for tid, task in enumerate(tasks):
-        src = tokenizer([e.source for e in task.examples], add_special_tokens=False).input_ids
-        tgt = tokenizer([e.target for e in task.examples], add_special_tokens=False).input_ids
-        rows = []
-        for s, t in zip(src, tgt):
-            if seq2seq:
-                s = s + [eos]
-            s = s[-max_source_len:]
-            t = t[: max_target_len - 1] + [eos]
-            rows.append(Encoded(tid, s, t))
-        out.append(rows)
+        pairs = encoder.pairs([e.source for e in task.examples], [[e.target] for e in task.examples],
+                              max_source_len, max_target_len)
+        out.append([Encoded(tid, s, t[0]) for s, t in pairs])
     return out
 
 

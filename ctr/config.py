@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .prompt_format import parse_delimiter
+
 QUANTIZERS = ("plain", "ema")
 PLACEMENTS = ("prefix",)
 TASK_INITS = ("random", "description")
@@ -47,6 +49,10 @@ class CTRConfig:
         0.0, "revive codes whose EMA usage falls below this (0 = off)")
     placement: Literal["prefix"] = opt("prefix", "where the soft prompt goes: before the input")
     use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
+    target_delimiter: str = opt(
+        "\n", "text joining an input and its target for decoder-only backbones (see "
+              "ctr.prompt_format); training, scoring, search and generation all read it from here")
+    target_eos: bool = opt(True, "targets (and scored answer choices) end with EOS")
     backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
     backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
 
@@ -128,6 +134,9 @@ class TrainConfig:
     kmeans_init: bool = opt(False, "k-means codebook init from the task encodings")
     dead_code_threshold: float = opt(0.0, "dead-code revival threshold (0 = off)")
     task_init: Literal["random", "description"] = opt("random", "task-embedding init")
+    target_delimiter: str = opt(
+        "\\n", "text between an input and its target for decoder-only backbones, saved in the "
+               "checkpoint and used by every command (backslash escapes are read: '\\n', '\\t')")
     no_codes: bool = opt(False, "train the backbone without codes (multi-task prompted baseline)")
     joint: bool = opt(False, "stage 2 without --init-from: a fresh CTR module around --model, "
                              "codes and backbone trained together from the first step (a backbone "
@@ -142,6 +151,7 @@ class TrainConfig:
         if self.joint and (self.stage != 2 or self.init_from or self.no_codes):
             raise ValueError("--joint trains fresh codes and the backbone together: use it with "
                              "--stage 2, without --init-from and without --no-codes")
+        self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
         for k, v in PRESETS[self.preset][self.stage].items():

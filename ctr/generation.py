@@ -17,6 +17,7 @@ from transformers import GenerationConfig
 
 from .config import opt
 from .modeling import CTRModel
+from .prompt_format import PromptEncoder
 
 Inputs = Sequence[str] | Sequence[Sequence[int]]
 
@@ -42,20 +43,11 @@ class GenerateConfig:
     batch_size: int = opt(16, "inputs per generate call")
 
 
-def encode_texts(tokenizer, texts: Sequence[str], seq2seq: bool, max_input_len: int = 1024
-                 ) -> list[list[int]]:
-    """Token ids as training saw sources: no special tokens, seq2seq sources end with EOS
-    (same as `ctr.batching.encode_tasks` and `ctr.scoring.tokenize_request`)."""
-    if tokenizer is None:
-        raise ValueError("text inputs need a tokenizer: the model has none (pass token ids)")
-    out = []
-    for ids in tokenizer(list(texts), add_special_tokens=False).input_ids:
-        if seq2seq:
-            ids = ids[-(max_input_len - 1):] + [tokenizer.eos_token_id]
-        else:
-            ids = ids[-max_input_len:]
-        out.append(list(ids))
-    return out
+def encode_texts(model: CTRModel, texts: Sequence[str], max_input_len: int = 1024) -> list[list[int]]:
+    """Input ids as training saw its inputs, by the model's prompt format (`ctr.prompt_format`):
+    a decoder-only input ends with the delimiter when training put it there, so the
+    generated answer starts where a trained target starts."""
+    return PromptEncoder.for_model(model).sources(list(texts), max_input_len)
 
 
 def eos_ids(model: CTRModel) -> list[int]:
@@ -88,7 +80,7 @@ def _as_id_lists(model: CTRModel, inputs: Inputs, max_input_len: int) -> list[li
     if not inputs:
         raise ValueError("no inputs to generate from")
     if all(isinstance(x, str) for x in inputs):
-        ids = encode_texts(model.tokenizer, inputs, model.seq2seq, max_input_len)
+        ids = encode_texts(model, inputs, max_input_len)
     elif all(isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x) for x in inputs):
         ids = [list(x) for x in inputs]
     else:
@@ -234,7 +226,7 @@ def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
 def resolve_code(model: CTRModel, cfg: GenerateConfig) -> list[int] | None:
     """The code asked for by --code or --task (with --codes-file for adapted codes)."""
     from .evaluate import parse_code
-    from .fileio import read_json
+    from .fileio import read_codes_file
     if not model.config.use_codes:
         if cfg.code or cfg.task:
             raise ValueError("--code/--task given, but the model has no codes")
@@ -244,7 +236,7 @@ def resolve_code(model: CTRModel, cfg: GenerateConfig) -> list[int] | None:
     if cfg.code:
         code = parse_code(cfg.code)
     else:
-        table = read_json(cfg.codes_file) if cfg.codes_file else model.code_table()
+        table = read_codes_file(cfg.codes_file)[0] if cfg.codes_file else model.code_table()
         if cfg.task not in table:
             where = f"--codes-file {cfg.codes_file}" if cfg.codes_file else "the code table"
             raise ValueError(f"--task {cfg.task!r}: not in {where} "

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .modeling import IGNORE, CTRModel
+from .prompt_format import PromptEncoder
 
 
 @dataclass
@@ -43,20 +44,11 @@ class ChoiceScores:
         return max(range(len(scores)), key=scores.__getitem__)
 
 
-def tokenize_request(tokenizer, input_text: str, choices: list[str], seq2seq: bool,
-                     max_input_len: int = 1024, target_delimiter: str = " ",
-                     code: list[int] | None = None) -> ScoreRequest:
-    """Token ids as training sees them: source and target tokenised separately.
-    Decoder-only choices get `target_delimiter` in front (as lm-evaluation-harness does);
-    seq2seq inputs and choices end with EOS (as T0 scores them)."""
-    eos = tokenizer.eos_token_id
-    src = tokenizer(input_text, add_special_tokens=False).input_ids
-    if seq2seq:
-        src = src[-(max_input_len - 1):] + [eos]
-        outs = [tokenizer(c, add_special_tokens=False).input_ids + [eos] for c in choices]
-    else:
-        src = src[-max_input_len:]
-        outs = [tokenizer(target_delimiter + c, add_special_tokens=False).input_ids for c in choices]
+def tokenize_request(model: CTRModel, input_text: str, choices: list[str],
+                     max_input_len: int = 1024, code: list[int] | None = None) -> ScoreRequest:
+    """A request whose ids are exactly what training saw for (input, choice): the model's
+    prompt format (`ctr.prompt_format`), read from its checkpoint config."""
+    src, outs = PromptEncoder.for_model(model).pair(input_text, list(choices), max_input_len)
     if any(len(o) == 0 for o in outs):
         raise ValueError(f"an answer choice tokenises to nothing: {choices!r}")
     return ScoreRequest(src, outs, code)

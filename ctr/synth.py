@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import synth_tasks as st
 from .analysis import concentrated_values, position_association
 from .batching import encode_tasks
+from .prompt_format import PromptEncoder
 from .bitwise_search import Shot, ShotObjective, bitwise_search
 from .config import TrainConfig, opt
 from .data import Example, Task
@@ -185,7 +186,7 @@ def exact_match(model: CTRModel, examples: list[st.SynthExample], codes=None, pr
 def make_shots(model: CTRModel, examples: list[st.SynthExample]) -> list[Shot]:
     """Shots tokenised exactly as training tokenised its examples (`encode_tasks`)."""
     task = Task("shots", [Example(e.input, e.target) for e in examples])
-    rows = encode_tasks([task], model.tokenizer, MAX_SOURCE_LEN, MAX_TARGET_LEN, model.seq2seq)[0]
+    rows = encode_tasks([task], PromptEncoder.for_model(model), MAX_SOURCE_LEN, MAX_TARGET_LEN)[0]
     return [Shot(r.source, [r.target], 0) for r in rows]
 
 

@@ -48,7 +48,7 @@ def manual_greedy(model: CTRModel, ids: list[int], code: list[int], n: int) -> l
 
 
 def test_greedy_generation_equals_manual_forward_loop(model):
-    ids = encode_texts(model.tokenizer, TEXTS, model.seq2seq)
+    ids = encode_texts(model, TEXTS)
     got = generate_ids_with_codes(model, TEXTS, torch.tensor(CODES), max_new_tokens=8)
     want = [manual_greedy(model, i, c, 8) for i, c in zip(ids, CODES)]
     assert got == want

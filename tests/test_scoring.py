@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ctr.config import CTRConfig
 from ctr.modeling import CTRModel
-from ctr.scoring import RankScorer, ScoreRequest, tokenize_request
+from ctr.scoring import RankScorer, ScoreRequest
 from ctr.testing import tiny_backbone
 
 ARCHS = ["llama", "t5"]
@@ -123,14 +123,3 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(monkeypatch):
     assert scorer.batch_size == 2
     for a, b in zip(ref, got):
         assert close(a, b)
-
-
-def test_tokenize_request_matches_training_layout():
-    _, tok = tiny_backbone("llama")
-    r = tokenize_request(tok, "Is it? ", ["yes", "no"], seq2seq=False, target_delimiter="")
-    assert r.input_ids == tok("Is it? ", add_special_tokens=False).input_ids
-    assert r.choices == [tok("yes", add_special_tokens=False).input_ids,
-                         tok("no", add_special_tokens=False).input_ids]
-    s = tokenize_request(tok, "Is it?", ["yes"], seq2seq=True, max_input_len=4)
-    assert s.input_ids[-1] == tok.eos_token_id and len(s.input_ids) == 4
-    assert s.choices[0][-1] == tok.eos_token_id

@@ -47,8 +47,7 @@ def build_mix(model, per_task: int) -> tuple[list[ScoreRequest], dict[str, str]]
         template = usable_templates(task, examples=examples).usable[0]
         used[task.name] = template.name
         instances, _ = render_task(task, template, examples)
-        reqs += [tokenize_request(model.tokenizer, i.prompt.input_text, list(i.prompt.choices),
-                                  model.seq2seq) for i in instances]
+        reqs += [tokenize_request(model, i.prompt.input_text, i.prompt.choices) for i in instances]
     return reqs, used
 
 

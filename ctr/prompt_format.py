@@ -1,0 +1,136 @@
+"""The one place where an input text and a target text become token ids.
+
+Training (`batching.encode_tasks`), rank scoring (`scoring.tokenize_request`), Bitwise
+Search and prompt tuning (through the scorer's requests) and generation
+(`generation.encode_texts`) all go through `PromptEncoder`, and its rule is stored in the
+checkpoint's `CTRConfig` (`target_delimiter`, `target_eos`), so a code is selected and
+evaluated on exactly the token sequence it was trained on.
+
+The rule, for an input `x` and a target `y` (a training target or an answer choice):
+- whitespace at the end of `x` and at the start of `y` is dropped, and `x`, the delimiter
+  and `y` are joined: T0's training prompts end in "\\n" and their targets follow with no
+  space, so the default delimiter "\\n" reproduces them exactly, and a PromptSource input
+  (rendered stripped) gets the same boundary;
+- seq2seq: `x` and `y` are separate sequences, each ending with EOS (as T0 trains and
+  scores); the delimiter plays no part;
+- decoder-only: the joined text is tokenised once and cut where the input's tokens end, so
+  no boundary token appears that the joined text would not have. The delimiter's tokens
+  belong to the input when they tokenise the same in front of any target ("\\n" in
+  byte-level BPE and SentencePiece), else to the target (" ", which BPE merges into the
+  next word: " negative" is one token); `y` ends with EOS when `target_eos`.
+A target whose joined tokens do not start with the input's tokens (a merge across the
+boundary) is tokenised on its own after the input, so the input is the same for every
+choice and training and scoring still agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+DEFAULT_DELIMITER = "\n"
+# Input/target pairs that probe whether a delimiter tokenises the same in front of any target.
+_PROBES = (("Is it good?", "negative"), ("Answer: 12", "Yes"), ("x", "1"), ("a b", "The end."))
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How an input and a target are joined (saved in every CTR checkpoint's config)."""
+
+    delimiter: str = DEFAULT_DELIMITER
+    target_eos: bool = True
+
+    @classmethod
+    def of(cls, config) -> "PromptFormat":
+        """The format recorded in a `CTRConfig`."""
+        return cls(config.target_delimiter, config.target_eos)
+
+
+def parse_delimiter(text: str) -> str:
+    """A delimiter as typed on a command line: backslash escapes ('\\n', '\\t') are read."""
+    return text.encode("utf-8").decode("unicode_escape") if "\\" in text else text
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False).input_ids] if texts else []
+
+
+@lru_cache(maxsize=32)
+def _delimiter_in_source(tokenizer, delimiter: str) -> bool:
+    if not delimiter:
+        return True
+    for x, y in _PROBES:
+        src, whole = _ids(tokenizer, [x + delimiter, x + delimiter + y])
+        if whole[:len(src)] != src:
+            return False
+    return True
+
+
+class PromptEncoder:
+    """Token ids of inputs and (input, targets) pairs under one `PromptFormat`."""
+
+    def __init__(self, tokenizer, fmt: PromptFormat, seq2seq: bool):
+        if tokenizer is None:
+            raise ValueError("text inputs need a tokenizer: the model has none (pass token ids)")
+        self.tokenizer, self.fmt, self.seq2seq = tokenizer, fmt, seq2seq
+        self.eos = tokenizer.eos_token_id
+        # decoder-only: does the delimiter end the input (True) or start the target?
+        self.delimiter_in_source = seq2seq or _delimiter_in_source(tokenizer, fmt.delimiter)
+
+    @classmethod
+    def for_model(cls, model) -> "PromptEncoder":
+        return cls(model.tokenizer, PromptFormat.of(model.config), model.seq2seq)
+
+    # ---- texts ---------------------------------------------------------------------
+    def source_text(self, source: str) -> str:
+        x = source.rstrip()
+        if self.seq2seq or not self.delimiter_in_source:
+            return x
+        return x + self.fmt.delimiter
+
+    def target_text(self, target: str) -> str:
+        y = target.lstrip()
+        if self.seq2seq or self.delimiter_in_source:
+            return y
+        return self.fmt.delimiter + y
+
+    # ---- ids -----------------------------------------------------------------------
+    def _truncate_source(self, ids: list[int], max_len: int | None) -> list[int]:
+        """Keep the end of the input (the question sits there in most T0 prompts)."""
+        if self.seq2seq:
+            return (ids[-(max_len - 1):] if max_len else ids) + [self.eos]
+        return ids[-max_len:] if max_len else ids
+
+    def _finish_target(self, ids: list[int], max_len: int | None) -> list[int]:
+        if not self.fmt.target_eos:
+            return ids[:max_len] if max_len else ids
+        return (ids[:max_len - 1] if max_len else ids) + [self.eos]
+
+    def sources(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
+        """Input ids as training saw its inputs (what generation continues from)."""
+        return [self._truncate_source(s, max_len) for s in _ids(self.tokenizer, [self.source_text(t) for t in texts])]
+
+    def pairs(self, sources: list[str], targets: list[list[str]], max_source_len: int | None = None,
+              max_target_len: int | None = None) -> list[tuple[list[int], list[list[int]]]]:
+        """(input ids, [target ids]) for each input and its targets (one training target,
+        or every answer choice). The input ids do not depend on the targets."""
+        src_texts = [self.source_text(s) for s in sources]
+        src_ids = _ids(self.tokenizer, src_texts)
+        flat = [(i, self.target_text(t)) for i, ts in enumerate(targets) for t in ts]
+        if self.seq2seq:
+            tgt_ids = _ids(self.tokenizer, [t for _, t in flat])
+        else:
+            whole = _ids(self.tokenizer, [src_texts[i] + t for i, t in flat])
+            tgt_ids = [w[len(src_ids[i]):] if w[:len(src_ids[i])] == src_ids[i] else None
+                       for (i, _), w in zip(flat, whole)]
+            alone = [k for k, t in enumerate(tgt_ids) if t is None]
+            for k, ids in zip(alone, _ids(self.tokenizer, [flat[k][1] for k in alone])):
+                tgt_ids[k] = ids
+        out: list[tuple[list[int], list[list[int]]]] = [(self._truncate_source(s, max_source_len), [])
+                                                        for s in src_ids]
+        for (i, _), ids in zip(flat, tgt_ids):
+            out[i][1].append(self._finish_target(ids, max_target_len))
+        return out
+
+    def pair(self, source: str, targets: list[str], max_source_len: int | None = None,
+             max_target_len: int | None = None) -> tuple[list[int], list[list[int]]]:
+        return self.pairs([source], [targets], max_source_len, max_target_len)[0]
