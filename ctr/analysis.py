@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .config import opt
-from .fileio import read_json, write_json
+from .fileio import read_codes_file, read_json, write_json
 
 UNKNOWN = "unknown"
 # Task types of the held-out tasks (T0 paper, table of held-out types), so that adapted
@@ -397,7 +397,7 @@ def task_labels(names: Sequence[str], data_dir_arg: str | None = None,
 
 
 def read_adapted_codes(path: str, codebook_size: int, code_length: int) -> dict[str, list[int]]:
-    table = read_json(path)
+    table = read_codes_file(path)[0]  # codes.json of ctr zero-label / few-shot, or {task: code}
     if not isinstance(table, dict):
         raise ValueError(f"--codes-file {path}: expected a JSON object {{task: code}}")
     for t, code in table.items():

@@ -77,7 +77,7 @@ def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> l
     pool = seeded_subsample(pool, cfg.max_examples, cfg.seed)
     ecfg = EvalConfig(model=cfg.checkpoint, suite=cfg.suite, templates=cfg.templates,
                       max_templates=cfg.eval_max_templates, max_input_len=cfg.max_input_len,
-                      target_delimiter=cfg.target_delimiter, data_dir=cfg.data_dir)
+                      data_dir=cfg.data_dir)
     templates, _ = eval_templates(task, ecfg, pool)
     rows = []
     for method, protocol, code, split in chosen:

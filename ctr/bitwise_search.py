@@ -9,10 +9,15 @@ The search is written against an objective over a *batch* of codes, so all value
 position are scored together (`ShotObjective` packs codes x shots into shared forward
 passes). `reference_search` is the authors' loop, one code per call, kept for the
 benchmark. The trajectory goes to JSONL after every position; a rerun with the same
-settings replays it and continues where it stopped.
+settings replays it and continues where it stopped. Its start record holds a fingerprint
+of everything the recorded steps depend on (start candidates, values per position,
+seed, and the objective's own fingerprint); a rerun with other settings starts fresh and
+replaces the file. `max_sweeps` is not part of it: the steps of sweep s do not depend on
+it, so a rerun replays the sweeps below its own limit and continues past the recorded ones.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .fileio import append_jsonl
+from .fileio import append_jsonl, read_jsonl, write_jsonl
 from .scoring import RankScorer, ScoreRequest
 
 Objective = Callable[[Sequence[Sequence[int]]], list[float]]  # codes -> objective (lower wins)
@@ -41,21 +46,54 @@ def position_order(seed: int, sweep: int, length: int) -> list[int]:
     return random.Random(seed * 1_000_003 + sweep).sample(range(length), length)
 
 
+def fingerprint(obj) -> str:
+    """Short stable hash of a JSON-able object."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def search_settings(starts: Sequence[Sequence[int]], values: Sequence[Sequence[int]], seed: int,
+                    objective_id: str | None) -> dict[str, object]:
+    """What a recorded trajectory depends on; a replay is valid only when all of it matches."""
+    return {"starts": fingerprint([list(c) for c in starts]),
+            "values": fingerprint([list(v) for v in values]), "seed": seed,
+            "objective": objective_id}
+
+
 def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
                    values: Sequence[Sequence[int]], max_sweeps: int = 20, seed: int = 0,
                    trajectory_path: str | Path | None = None, chunk: int | None = None,
-                   on_step: Callable[[dict], None] | None = None) -> SearchResult:
+                   on_step: Callable[[dict], None] | None = None,
+                   objective_id: str | None = None) -> SearchResult:
     """Greedy coordinate search. `starts`: candidate start codes (the best one is taken);
     `values[p]`: the values tried at position p. `chunk` caps codes per objective call
     (default: all of a position's codes in one call; a `ShotObjective`'s scorer batches
-    their rows by length within its own memory limit)."""
+    their rows by length within its own memory limit).
+
+    `objective_id` identifies the objective for trajectory replay (default: the
+    objective's `fingerprint()` when it has one, as `ShotObjective` does). A plain
+    function without one is identified by nothing: its trajectory is replayed whenever
+    starts, values and seed match, so pass an id when the function can change."""
+    if not starts:
+        raise ValueError("bitwise_search: no start codes")
     L = len(values)
     t0 = time.time()
+    if objective_id is None and callable(getattr(objective, "fingerprint", None)):
+        objective_id = objective.fingerprint()
+    settings = search_settings(starts, values, seed, objective_id)
     log: list[dict] = []
     done: set[tuple[int, int]] = set()
     path = Path(trajectory_path) if trajectory_path else None
     if path and path.exists():  # resume: replay what was recorded
-        log = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        log = read_jsonl(path, repair=True)
+        recorded = log[0].get("settings", {}) if log and log[0].get("event") == "start" else None
+        if log and recorded != settings:
+            differ = [k for k in settings if (recorded or {}).get(k) != settings[k]]
+            print(f"[bitwise-search] {path}: recorded with other settings "
+                  f"({', '.join(differ) if recorded else 'no fingerprint'} differ); "
+                  "starting fresh and replacing it", flush=True)
+            log = []
+        log = log[:1] + [r for r in log[1:] if r["sweep"] < max_sweeps]  # sweeps beyond this run's limit
     evals = 0
 
     def score(codes: list[list[int]]) -> list[float]:
@@ -64,21 +102,17 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
         step = chunk or len(codes)
         return [v for i in range(0, len(codes), step) for v in objective(codes[i:i + step])]
 
-    if log and log[0].get("event") == "start":
+    if log:
         start = log[0]
-        if [list(c) for c in starts] != start["candidates"]:
-            raise ValueError(f"{path}: trajectory was recorded for other start codes; "
-                             "remove it or use another output folder")
     else:
         start_scores = score([list(c) for c in starts])
         best = min(range(len(starts)), key=lambda i: (start_scores[i], i))
         start = {"event": "start", "code": list(starts[best]), "objective": start_scores[best],
                  "candidates": [list(c) for c in starts], "candidate_objectives": start_scores,
-                 "time": round(time.time() - t0, 3)}
+                 "settings": settings, "time": round(time.time() - t0, 3)}
         log = [start]
         if path:
-            path.write_text("")
-            append_jsonl(path, start)
+            write_jsonl(path, [start])  # atomically replaces a stale trajectory
     code, obj = list(start["code"]), start["objective"]
     for rec in log[1:]:
         done.add((rec["sweep"], rec["step"]))
@@ -134,7 +168,15 @@ class ShotObjective:
     def __init__(self, scorer: RankScorer, shots: list[Shot], kind: str = "loss"):
         if kind not in ("loss", "accuracy"):
             raise ValueError(f"objective must be 'loss' or 'accuracy', got {kind!r}")
+        if not shots:  # every code would score 0 and the search would return its first start
+            raise ValueError("ShotObjective: no shots to score codes on")
         self.scorer, self.shots, self.kind = scorer, shots, kind
+
+    def fingerprint(self) -> str:
+        """Hash of what the objective computes from: its kind and the shots' token ids and
+        labels (the model is the caller's to add, as `few_shot.adapt_task` does)."""
+        return fingerprint({"kind": self.kind,
+                            "shots": [[s.input_ids, s.choices, s.label] for s in self.shots]})
 
     def __call__(self, codes: Sequence[Sequence[int]]) -> list[float]:
         if self.kind == "loss":  # only the gold choice's tokens are needed

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .fileio import atomic_dir, read_json, write_json
@@ -50,13 +51,52 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
                                       "scheduler": scheduler.state_dict(), **extra})
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a complete checkpoint (None when it is): the trainer state must be
+    valid JSON with a step, and the model config, model weights and optimizer tensors must
+    be there with readable safetensors headers (which also catches a cut-off file)."""
+    from .modeling import BACKBONE_DIR, CONFIG_FILE, WEIGHTS_FILE
+    path = Path(path)
+    try:
+        state = read_json(path / STATE_FILE)
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (ValueError, OSError) as e:
+        return str(e)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE_FILE} has no step"
+    try:
+        model_cfg = read_json(path / MODEL_DIR / CONFIG_FILE)
+    except (ValueError, OSError) as e:
+        return f"{MODEL_DIR}/{CONFIG_FILE}: {e}"
+    needed = [path / OPTIM_TENSORS, path / MODEL_DIR / WEIGHTS_FILE]
+    for f in needed:
+        if not f.is_file():
+            return f"no {f.relative_to(path)}"
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            return f"{f.relative_to(path)}: unreadable ({e})"
+    if isinstance(model_cfg, dict) and model_cfg.get("backbone_trained") \
+            and not (path / MODEL_DIR / BACKBONE_DIR / "config.json").is_file():
+        return f"no {MODEL_DIR}/{BACKBONE_DIR}/config.json (the trained backbone)"
+    return None
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = []
-    for p in Path(output_dir).glob("checkpoint-*"):
-        m = _CKPT.match(p.name)
-        if m and (p / STATE_FILE).exists():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+    """The newest complete checkpoint. Checkpoints are written with `atomic_dir`, so an
+    incomplete one comes only from outside damage (an older writer, power loss, a disk
+    error); it is skipped with a message naming it and the reason, and the newest
+    complete one before it is returned."""
+    found = sorted(((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+                    if (m := _CKPT.match(p.name)) and p.is_dir()), reverse=True)
+    for _, p in found:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        print(f"[ctr] {p}: incomplete checkpoint ({problem}); falling back to an older one", flush=True)
+    return None
 
 
 def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:

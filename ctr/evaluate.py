@@ -21,7 +21,7 @@ from .backbone import default_device, load_backbone
 from .config import CTRConfig, opt
 from .eval_tasks import (get_task, list_tasks, load_examples, render_task, select_templates,
                          task_templates, usable_templates)
-from .fileio import read_json, write_json
+from .fileio import read_codes_file, read_json, write_json
 from .modeling import CTRModel, find_model_dir
 from .scoring import RankScorer, tokenize_request
 
@@ -47,10 +47,10 @@ class EvalConfig:
     exclude_indices: str | None = opt(
         None, "JSON {task: [example index, ...]} kept out of evaluation (used for selection)")
     code: str | None = opt(None, "one code for every task, e.g. 12,5,0,...")
-    codes_file: str | None = opt(None, "JSON {task: code} (from ctr zero-label / few-shot)")
+    codes_file: str | None = opt(None, "codes.json from ctr zero-label / few-shot (its selection "
+                                       "examples are excluded), or a JSON {task: code}")
     batch_size: int = opt(16, "inputs per scoring batch (halved on out-of-memory)")
     max_input_len: int = opt(1024, "input tokens kept (from the end)")
-    target_delimiter: str = opt(" ", "text between input and choice for decoder-only models")
     zero_shot_results: str | None = opt(None, "results.json of the bare backbone, shown as a column")
     data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
     output_dir: str = opt("runs/eval", "where results.json and results.md go")
@@ -85,7 +85,7 @@ def codes_for_tasks(model: CTRModel, cfg: EvalConfig, tasks: list[str]) -> dict[
         model.check_codes(torch.tensor(code))  # shape and range, with a clear message
         return {t: code for t in tasks}
     if cfg.codes_file:
-        table = read_json(cfg.codes_file)
+        table = read_codes_file(cfg.codes_file)[0]
         missing = [t for t in tasks if t not in table]
         if missing:
             raise ValueError(f"--codes-file {cfg.codes_file}: no code for {missing}")
@@ -97,6 +97,24 @@ def codes_for_tasks(model: CTRModel, cfg: EvalConfig, tasks: list[str]) -> dict[
         return {t: table[t] for t in tasks}
     raise ValueError("this CTR model needs a code per task: pass --code or --codes-file "
                      "(ctr zero-label / ctr few-shot write one)")
+
+
+def eval_exclusions(cfg: EvalConfig) -> dict[str, set[int]]:
+    """Evaluation indices kept out, per task: --exclude-indices united with the
+    exclusions a codes file from ctr zero-label / few-shot carries (its selection examples)."""
+    tables = []
+    if cfg.exclude_indices:
+        table = read_json(cfg.exclude_indices)
+        if isinstance(table, dict) and isinstance(table.get("codes"), dict):  # a codes.json
+            table = table.get("exclude") or {}
+        tables.append(table)
+    if cfg.codes_file:
+        tables.append(read_codes_file(cfg.codes_file)[1])
+    out: dict[str, set[int]] = {}
+    for table in tables:
+        for task, indices in table.items():
+            out.setdefault(task, set()).update(indices)
+    return out
 
 
 def fingerprint(model: CTRModel) -> dict[str, Any]:
@@ -145,8 +163,7 @@ def score_templates(model: CTRModel, task, templates: list, examples: list, code
         if not instances:
             per_template[template.name] = {"n": 0, "skipped": dict(skipped)}
             continue
-        reqs = [tokenize_request(model.tokenizer, i.prompt.input_text, list(i.prompt.choices),
-                                 model.seq2seq, cfg.max_input_len, cfg.target_delimiter, code)
+        reqs = [tokenize_request(model, i.prompt.input_text, i.prompt.choices, cfg.max_input_len, code)
                 for i in instances]
         scores = scorer.score(reqs)
         gold = [i.label_index for i in instances]
@@ -170,15 +187,19 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
     tasks = cfg.tasks or [t.name for t in list_tasks(cfg.suite)]
     tasks = [get_task(t).name for t in tasks]  # unknown names: a clear error, before any work
     codes = {t: None for t in tasks} if prompts else codes_for_tasks(model, cfg, tasks)
-    excluded = read_json(cfg.exclude_indices) if cfg.exclude_indices else {}
+    excluded = eval_exclusions(cfg)
     scorer = RankScorer(model, cfg.batch_size, progress)
     t_start = time.time()
     results: dict[str, Any] = {}
     for name in tasks:
         task = get_task(name)
         examples = load_examples(task, "eval", root=cfg.data_dir)
-        drop = set(excluded.get(name, []))
+        drop = excluded.get(name, set())
+        n_all = len(examples)
         examples = [e for e in examples if e.index not in drop]
+        n_excluded = n_all - len(examples)
+        if progress and n_excluded:
+            print(f"[eval] {name}: {n_excluded} examples excluded (used for selection)", flush=True)
         examples = seeded_subsample(examples, cfg.max_examples, cfg.seed)
         templates, report = eval_templates(task, cfg, examples)
         task_scorer = RankScorer(model, scorer.batch_size, progress, prompts[name]) if prompts else scorer
@@ -186,6 +207,7 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
         per_template, accs = summary["templates"], summary["accuracies"]
         results[name] = {
             "examples": len(examples), "indices": [e.index for e in examples],
+            "excluded": n_excluded,
             "code": codes[name], "templates": per_template,
             "median": summary["median"], "mean": summary["mean"], "median_norm": summary["median_norm"],
             "unusable_templates": [str(s) for s in report.skipped] if report else [],

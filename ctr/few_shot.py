@@ -20,7 +20,7 @@ from .bitwise_search import Shot, ShotObjective, bitwise_search
 from .config import opt
 from .eval_tasks import get_task, render_task
 from .evaluate import PAPER_REFERENCE, evaluate
-from .fileio import write_json
+from .fileio import codes_file_content, write_json
 from .modeling import CTRModel
 from .prompt_tuning import tune_prompt
 from .scoring import RankScorer, tokenize_request
@@ -48,8 +48,7 @@ def make_shots(model: CTRModel, task, examples, templates, cfg: AdaptCommon) -> 
     for template in templates:
         instances, _ = render_task(task, template, examples)
         for i in instances:
-            r = tokenize_request(model.tokenizer, i.prompt.input_text, list(i.prompt.choices),
-                                 model.seq2seq, cfg.max_input_len, cfg.target_delimiter)
+            r = tokenize_request(model, i.prompt.input_text, i.prompt.choices, cfg.max_input_len)
             shots.append(Shot(r.input_ids, r.choices, i.label_index))
     return shots
 
@@ -65,22 +64,45 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
     task = get_task(name)
     split = split if split is not None else cfg.selection_split(task, cfg.shots, labelled=True)
     examples = list(split.examples)
+    if not examples:
+        raise ValueError(f"{name}: no shots drawn (--shots {cfg.shots}, source {split.source})")
     held: list = []
     if cfg.holdout > 0:
         random.Random(cfg.seed).shuffle(examples)
         n_held = max(1, round(cfg.holdout * len(examples)))
         held, examples = examples[:n_held], examples[n_held:]
-    templates = selection_templates(task, cfg)
-    search_obj = ShotObjective(scorer, make_shots(model, task, examples, templates, cfg), cfg.objective)
+        if not examples:
+            raise ValueError(f"{name}: --holdout {cfg.holdout} holds out all {len(held)} shots and "
+                             f"leaves none to search with (raise --shots or lower --holdout)")
+    templates = selection_templates(task, cfg, split.examples, labelled=True)  # judged on the shots
+    search_shots = make_shots(model, task, examples, templates, cfg)
+    if not search_shots:
+        raise ValueError(f"{name}: no search shots rendered (--shots {cfg.shots}: {len(examples)} "
+                         f"examples, {len(templates)} templates)")
+    search_obj = ShotObjective(scorer, search_shots, cfg.objective)
     L, K = model.config.code_length, model.config.codebook_size
     values = seen_values(candidates, L) if cfg.values == "seen" else [list(range(K))] * L
     t0 = time.time()
+    # a trajectory is replayed only for the same shots, objective and checkpoint
+    from .bitwise_search import fingerprint
+    from .modeling import find_model_dir
+    folder = find_model_dir(cfg.checkpoint)
+    files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder else []
+    checkpoint_id = {"path": str(folder.resolve()) if folder else cfg.checkpoint,
+                     "files": [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns]
+                               for f in files],
+                     "code_table": model.code_table(), "backbone": model.config.backbone}
     result = bitwise_search(search_obj, [c for c, _ in candidates], values, cfg.max_sweeps, cfg.seed,
-                            trajectory_path=out / f"trajectory_{name}.jsonl")
+                            trajectory_path=out / f"trajectory_{name}.jsonl",
+                            objective_id=fingerprint([search_obj.fingerprint(), checkpoint_id]))
     chosen, how = result.code, "search objective"
     held_scores = None
     if held:
-        held_obj = ShotObjective(scorer, make_shots(model, task, held, templates, cfg), cfg.objective)
+        held_shots = make_shots(model, task, held, templates, cfg)
+        if not held_shots:
+            raise ValueError(f"{name}: no held-out shots rendered (--holdout {cfg.holdout}: "
+                             f"{len(held)} examples, {len(templates)} templates)")
+        held_obj = ShotObjective(scorer, held_shots, cfg.objective)
         visited = [result.start_code] + [r["code"] for r in result.trajectory[1:] if r.get("accepted")]
         held_scores = held_obj(visited)
         chosen = visited[min(range(len(visited)), key=lambda i: (held_scores[i], -i))]
@@ -104,8 +126,10 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
               f"{a['start_objective']:.3f}) -> {a['search_code']} (objective {a['search_objective']:.3f}) "
               f"in {a['sweeps']} sweeps, {a['codes_scored']} codes, {a['seconds']}s", flush=True)
     write_json(out / "few_shot.json", {"config": dataclasses.asdict(cfg), "tasks": adapted})
-    write_json(out / "codes.json", {t: a["code"] for t, a in adapted.items()})
-    write_json(out / "codes_discrete.json", {t: a["start_code"] for t, a in adapted.items()})
+    exclude = {t: a["exclude"] for t, a in adapted.items()}  # carried by the codes files
+    write_json(out / "codes.json", codes_file_content({t: a["code"] for t, a in adapted.items()}, exclude))
+    write_json(out / "codes_discrete.json",
+               codes_file_content({t: a["start_code"] for t, a in adapted.items()}, exclude))
     write_json(out / "exclude.json", {t: a["exclude"] for t, a in adapted.items()})
     if cfg.no_eval:
         return {"adapted": adapted}
@@ -119,7 +143,8 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
         for name in tasks:
             task = get_task(name)
             split = cfg.selection_split(task, cfg.shots, labelled=True)
-            shots = make_shots(model, task, split.examples, selection_templates(task, cfg), cfg)
+            shots = make_shots(model, task, split.examples,
+                               selection_templates(task, cfg, split.examples, labelled=True), cfg)
             prompts[name] = tune_prompt(model, shots, model.config.code_length, cfg.prompt_steps,
                                         cfg.prompt_lr, adapted[name]["start_code"], cfg.seed)
         runs["prompt_tuning"] = eval_with(prompts=prompts)

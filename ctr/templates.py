@@ -1,4 +1,4 @@
-"""PromptSource (0.2.3) templates rendered with plain Jinja2.
+"""PromptSource (0.2.3) templates rendered with Jinja2, in a sandbox.
 
 PromptSource itself does not install on Python 3.10+, so this module re-implements the
 parts of ``promptsource.templates.Template`` we need: the YAML format, the Jinja
@@ -13,6 +13,11 @@ Two deliberate differences, both to fail loudly instead of rendering something w
 * ``choice`` draws from a per-render RNG seeded by (template id, caller's seed) instead of
   the global ``random`` state, so a rendering is reproducible and does not depend on
   the order examples are rendered in.
+
+Template files are data a user may download, so they render in Jinja2's
+``SandboxedEnvironment``: a template that reaches for Python internals (``__class__``,
+``__globals__``, ...) fails with ``SkipReason.UNSAFE_TEMPLATE`` naming the template,
+instead of running.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import jinja2
+import jinja2.sandbox
 import yaml
 
 SEPARATOR = "|||"
@@ -49,6 +55,7 @@ class SkipReason(str, Enum):
     AMBIGUOUS_TARGET = "ambiguous_target"  # target equals several choices
     BAD_SEPARATOR = "bad_separator"  # not exactly one "|||" in the output
     LABEL_LEAK = "label_leak"  # input/choices need a hidden (label) field
+    UNSAFE_TEMPLATE = "unsafe_template"  # the sandbox refused an access (Python internals)
     RENDER_ERROR = "render_error"  # any other Jinja/Python error
 
     def __str__(self) -> str:
@@ -133,7 +140,8 @@ def _highlight(text: str) -> str:
 
 
 def _make_env() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    # Sandboxed: templates are downloaded data and must not reach Python internals.
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
     env.globals["zip"] = zip
     env.filters["choice"] = _choice
     env.filters["most_frequent"] = _most_frequent
@@ -250,6 +258,8 @@ class PromptTemplate:
                     break
         except jinja2.UndefinedError as exc:
             raise self._as_leak(_undefined_error(exc), hidden) from exc
+        except jinja2.sandbox.SecurityError as exc:
+            raise self._unsafe(exc) from exc
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - any template bug is a typed failure
@@ -295,14 +305,19 @@ class PromptTemplate:
         context["answer_choices"] = [_unescape(c.strip()) for c in rendered.split(SEPARATOR)]
         return context
 
-    @staticmethod
-    def _run(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
         try:
             return template.render(context)
         except jinja2.UndefinedError as exc:
             raise _undefined_error(exc) from exc
+        except jinja2.sandbox.SecurityError as exc:
+            raise self._unsafe(exc) from exc
         except Exception as exc:  # noqa: BLE001 - e.g. IndexError on answer_choices[label]
             raise RenderError(SkipReason.RENDER_ERROR, f"{type(exc).__name__}: {exc}") from exc
+
+    def _unsafe(self, exc: Exception) -> RenderError:
+        where = f" ({self.source})" if self.source else ""
+        return RenderError(SkipReason.UNSAFE_TEMPLATE, f"template {self.name!r}{where}: {exc}")
 
     @staticmethod
     def _split(text: str) -> list[str]:

@@ -24,7 +24,7 @@ from .config import opt
 from .eval_tasks import (get_task, list_tasks, render_prompts, select_templates, task_templates,
                          usable_templates)
 from .evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
-from .fileio import read_json, write_json
+from .fileio import codes_file_content, read_codes_file, write_json
 from .modeling import CTRModel
 from .scoring import RankScorer, ScoreRequest, tokenize_request
 from .splits import AdaptSplit, few_shot, unlabeled_inputs
@@ -40,12 +40,11 @@ class AdaptCommon:
     tasks: list[str] = opt([], "tasks to adapt to (default: the whole suite)")
     templates: list[str] = opt([], "template names (default: usable original-task templates)")
     max_templates: int | None = opt(3, "use the first N usable templates for selection (speed)")
-    candidates_file: str | None = opt(None, "JSON {name: code} of candidate codes (default: the "
-                                            "checkpoint's training-task codes)")
+    candidates_file: str | None = opt(None, "JSON {name: code} of candidate codes, or a codes.json "
+                                            "(default: the checkpoint's training-task codes)")
     seed: int = opt(0, "seed for the selection inputs / shots")
     batch_size: int = opt(16, "inputs per scoring batch")
     max_input_len: int = opt(1024, "input tokens kept (from the end)")
-    target_delimiter: str = opt(" ", "text between input and choice for decoder-only models")
     max_examples: int | None = opt(None, "evaluate on a seeded subsample of N examples per task")
     eval_max_templates: int | None = opt(None, "evaluate with the first N usable templates only")
     no_eval: bool = opt(False, "only select; do not evaluate")
@@ -71,7 +70,7 @@ class AdaptCommon:
                           max_templates=self.eval_max_templates, max_examples=self.max_examples,
                           seed=self.seed, exclude_indices=str(out / "exclude.json"),
                           batch_size=self.batch_size, max_input_len=self.max_input_len,
-                          target_delimiter=self.target_delimiter, data_dir=self.data_dir,
+                          data_dir=self.data_dir,
                           output_dir=str(out), **kw)
 
 
@@ -102,7 +101,8 @@ class ZeroLabelConfig(AdaptCommon):
 
 def candidate_codes(model: CTRModel, candidates_file: str | None = None) -> list[tuple[list[int], list[str]]]:
     """Distinct candidate codes, each with the training tasks that have it."""
-    table = read_json(candidates_file) if candidates_file else model.code_table()
+    table = (read_codes_file(candidates_file, "--candidates-file")[0] if candidates_file
+             else model.code_table())
     if not table:
         raise ValueError("no candidate codes: the checkpoint has no training tasks; pass --candidates-file")
     grouped: dict[tuple[int, ...], list[str]] = {}
@@ -116,13 +116,13 @@ def candidate_codes(model: CTRModel, candidates_file: str | None = None) -> list
     return [(list(c), names) for c, names in grouped.items()]
 
 
-def selection_templates(task, cfg: AdaptCommon, examples=None) -> list:
-    """The templates to select with, first N. With `examples`, usability is judged
-    label-free (the prompt and choices render); without, on the evaluation split as
-    `ctr eval` judges it."""
-    if examples is None:
-        report = usable_templates(task, names=cfg.templates or None, root=cfg.data_dir, max_examples=50)
-        templates = report.usable
+def selection_templates(task, cfg: AdaptCommon, examples, labelled: bool = False) -> list:
+    """The templates to select with, first N, judged on the selection examples themselves
+    (never on evaluation examples): for unlabelled inputs label-free (the prompt and
+    choices render); for labelled shots as `ctr eval` judges, with the shots' labels."""
+    if labelled:
+        templates = usable_templates(task, names=cfg.templates or None, root=cfg.data_dir,
+                                     examples=examples).usable
     else:
         templates = task_templates(task, cfg.data_dir)
         templates = (select_templates(templates, cfg.templates) if cfg.templates
@@ -145,8 +145,7 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
                 prompts.append((template.name, index, p))
     if not prompts:
         raise ValueError(f"{task_name}: no selection input renders with the chosen templates")
-    base = [tokenize_request(model.tokenizer, p.input_text, list(p.choices), model.seq2seq,
-                             cfg.max_input_len, cfg.target_delimiter) for _, _, p in prompts]
+    base = [tokenize_request(model, p.input_text, p.choices, cfg.max_input_len) for _, _, p in prompts]
     reqs = [ScoreRequest(b.input_ids, b.choices, code) for code, _ in candidates for b in base]
     scores = scorer.score(reqs)
     n = len(base)
@@ -203,7 +202,9 @@ def run_zero_label(cfg: ZeroLabelConfig) -> dict[str, Any]:
               f"{s['agreement']:.2f} over {s['inputs']} inputs x templates, {len(candidates)} candidates",
               flush=True)
     write_json(out / "zero_label.json", {"config": dataclasses.asdict(cfg), "tasks": selection})
-    write_json(out / "codes.json", {t: s["code"] for t, s in selection.items()})
+    # codes.json carries its exclusions: `ctr eval --codes-file` alone keeps them out
+    write_json(out / "codes.json", codes_file_content({t: s["code"] for t, s in selection.items()},
+                                                      {t: s["exclude"] for t, s in selection.items()}))
     write_json(out / "exclude.json", {t: s["exclude"] for t, s in selection.items()})
     if cfg.no_eval:
         return {"selection": selection}

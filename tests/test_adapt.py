@@ -61,7 +61,9 @@ def test_search_only_accepts_strict_improvements():
         else:
             assert rec["objective"] == prev and rec.get("best_objective", prev + 1) >= prev
         prev = rec["objective"]
-    assert res.objective <= res.start_objective
+    starts = [[0, 1, 2, 3], [4, 4, 4, 4]]
+    assert res.start_code == min(starts, key=lambda c: noisy([c])[0])  # the better start is taken
+    assert res.start_objective == noisy([res.start_code])[0]
     assert res.objective == float(table[tuple(res.code)])
     # a local optimum: no single-position change improves it
     for p in range(L):
@@ -69,6 +71,27 @@ def test_search_only_accepts_strict_improvements():
             c = list(res.code)
             c[p] = v
             assert noisy([c])[0] >= res.objective
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_search_equals_brute_force_on_a_separable_objective(restricted):
+    """On an objective that is a sum over positions, coordinate search is exact: on a
+    small space its result must be the brute-force optimum (over the allowed values),
+    reached in one sweep and confirmed by a second."""
+    import itertools
+    k, length = 5, 3
+    cost = torch.rand(length, k, generator=torch.Generator().manual_seed(11))
+    f = lambda codes: [float(sum(cost[p, v] for p, v in enumerate(c))) for c in codes]
+    values = [[0, 2, 4], [1, 3], [0, 1, 2, 3, 4]] if restricted else [list(range(k))] * length
+    space = [list(c) for c in itertools.product(*values)]
+    best = min(space, key=lambda c: f([c])[0])
+    starts = [[4, 3, 4], [0, 1, 2]]
+    assert best not in starts
+    res = bitwise_search(f, starts, values, seed=0)
+    assert res.code == best and res.objective == pytest.approx(f([best])[0])
+    assert res.start_code == min(starts, key=lambda c: f([c])[0])
+    tried = sum(len(v) - 1 for v in values)  # every other allowed value of each position
+    assert res.sweeps == 2 and res.evaluations == len(starts) + 2 * tried
 
 
 def test_batched_and_one_at_a_time_searches_agree():
@@ -100,8 +123,9 @@ def test_interrupted_search_resumes_the_same_trajectory(tmp_path):
     strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "time"}
                        for x in p.read_text().splitlines()]
     assert strip(tmp_path / "cut.jsonl") == strip(tmp_path / "full.jsonl")
-    with pytest.raises(ValueError, match="other start codes"):
-        bitwise_search(f, [[1, 1, 1, 1]], [list(range(K))] * L, seed=4, trajectory_path=tmp_path / "cut.jsonl")
+    # other start codes: the stale trajectory is replaced by a fresh search (tests/test_resume_safety.py)
+    other = bitwise_search(f, [[1, 1, 1, 1]], [list(range(K))] * L, seed=4, trajectory_path=tmp_path / "cut.jsonl")
+    assert other.code == bitwise_search(f, [[1, 1, 1, 1]], [list(range(K))] * L, seed=4).code
 
 
 def test_shot_objective_batches_codes_and_matches_single_scoring():
@@ -117,17 +141,33 @@ def test_shot_objective_batches_codes_and_matches_single_scoring():
             ref -= sc.logprob[s.label]
         assert v == pytest.approx(ref, abs=1e-4)
     acc = ShotObjective(RankScorer(model, 4, progress=False), shots, "accuracy")(codes)
-    assert all(0 <= a <= len(shots) + 1 for a in acc)
+    for c, a, loss in zip(codes, acc, batched):
+        single = [RankScorer(model, 1, progress=False).score([ScoreRequest(s.input_ids, s.choices, c)])[0]
+                  for s in shots]
+        errors = sum(sc.prediction() != s.label for sc, s in zip(single, shots))
+        full_loss = -sum(sc.logprob[s.label] for sc, s in zip(single, shots))
+        assert full_loss == pytest.approx(loss, abs=1e-4)
+        assert a == pytest.approx(errors + full_loss / (1e6 * len(shots)), abs=1e-9)
 
 
-def test_search_on_a_real_model_never_ends_above_its_start():
+def test_search_on_a_real_model_ends_in_a_local_optimum_from_the_best_start():
     model = ctr_model()
     shots = [Shot([5 + i, 6, 7], [[20, 21], [22]], i % 2) for i in range(4)]
     obj = ShotObjective(RankScorer(model, 8, progress=False), shots)
-    table = model.code_table()
-    res = bitwise_search(obj, list(table.values()), [list(range(K))] * L, max_sweeps=2, seed=0)
-    assert res.objective <= res.start_objective
+    starts = list(model.code_table().values())
+    res = bitwise_search(obj, starts, [list(range(K))] * L, max_sweeps=20, seed=0)
+    assert res.start_objective == pytest.approx(min(obj(starts)), abs=1e-4)
     assert res.objective == pytest.approx(obj([res.code])[0], abs=1e-4)
+    accepted = [r for r in res.trajectory[1:] if r["accepted"]]
+    assert accepted, "the random model's start code should be improvable"
+    objs = [res.start_objective] + [r["objective"] for r in accepted]
+    assert all(b < a for a, b in zip(objs, objs[1:])) and objs[-1] == res.objective
+    for r in accepted:  # each accepted step is the best value at its position, scored right
+        assert r["objective"] == r["best_objective"] == pytest.approx(obj([r["code"]])[0], abs=1e-4)
+    assert res.sweeps < 20  # converged: its last sweep changed nothing...
+    neighbours = [res.code[:p] + [v] + res.code[p + 1:] for p in range(L) for v in range(K)
+                  if v != res.code[p]]
+    assert min(obj(neighbours)) >= res.objective - 1e-4  # ...so no one-position change helps
 
 
 # ---- shots, splits and the zero-label path on the real data ---------------------------
@@ -165,8 +205,10 @@ def test_zero_label_selection_never_reads_labels(task, monkeypatch):
     model = ctr_model()
     cfg = ZeroLabelConfig(n_inputs=5, max_templates=2)
     sel = select_code(model, task, cfg, candidate_codes(model), RankScorer(model, 8, progress=False))
-    assert len(sel["code"]) == L and 0 <= sel["agreement"] <= 1
+    assert sel["code"] == sel["ranked"][0]["code"] and sel["agreement"] == sel["ranked"][0]["agreement"]
     assert sel["ranked"][0]["agreement"] == max(r["agreement"] for r in sel["ranked"])
+    for r in sel["ranked"]:  # agreement: a count of the 10 (input, template) prompts
+        assert r["agreement"] * 10 == pytest.approx(round(r["agreement"] * 10))
     assert sel["inputs"] == 10  # 5 inputs x 2 templates
     if task == "anli_r1":  # no train split: selection inputs come from validation...
         assert sel["exclude"] == sel["selection_indices"]
@@ -185,14 +227,59 @@ def test_zero_label_selection_never_reads_labels(task, monkeypatch):
         assert sel["selection_source"] == "train" and sel["exclude"] == []
 
 
+class _ScriptedScorer:
+    """Predictions scripted per code: the k-th prompt scored under code c gets choice
+    script[c][k] (select_code scores code by code, prompts in one order)."""
+
+    def __init__(self, script):
+        self.script = {tuple(c): p for c, p in script.items()}
+
+    def score(self, reqs):
+        from ctr.scoring import ChoiceScores
+        seen = Counter()
+        out = []
+        for r in reqs:
+            c = tuple(r.code)
+            pred = self.script[c][seen[c]]
+            seen[c] += 1
+            out.append(ChoiceScores([0.0 if j == pred else -5.0 for j in range(len(r.choices))],
+                                    [1] * len(r.choices)))
+        return out
+
+
+# Three candidates that answer "0" to everything outvote three informative ones.
+_DEGENERATE = {(0, 0, 0, 0): [0] * 6, (1, 1, 1, 1): [0] * 6, (2, 2, 2, 2): [0] * 6}
+_INFORMATIVE = {(3, 3, 3, 3): [0, 1, 0, 1, 1, 0],   # = the informative majority
+                (4, 4, 4, 4): [0, 1, 1, 1, 1, 0],   # 5/6 of it
+                (5, 5, 5, 5): [1, 1, 0, 1, 0, 0]}   # 4/6 of it
+
+
 def test_degenerate_candidates_are_dropped_from_predictions_alone():
+    """Scripted predictions: without the threshold the one-answer candidates set the
+    pseudo-labels and win; above it they neither vote nor win, and the agreements are
+    the exact counts against the informative majority."""
     need_data()
-    from ctr.zero_label import ZeroLabelConfig, candidate_codes, select_code
+    from ctr.zero_label import ZeroLabelConfig, select_code
     model = ctr_model()
-    cfg = ZeroLabelConfig(n_inputs=6, max_templates=1, degenerate_threshold=0.0)
-    sel = select_code(model, "super_glue_rte", cfg, candidate_codes(model),
-                      RankScorer(model, 8, progress=False))
-    assert all(r["degenerate"] for r in sel["ranked"])  # threshold 0: every candidate is degenerate
+    script = {**_DEGENERATE, **_INFORMATIVE}
+    candidates = [(list(c), [f"task{i}"]) for i, c in enumerate(script)]
+
+    def select(threshold):
+        cfg = ZeroLabelConfig(n_inputs=6, max_templates=1, degenerate_threshold=threshold)
+        sel = select_code(model, "super_glue_rte", cfg, candidates, _ScriptedScorer(script))
+        assert sel["inputs"] == 6
+        return sel, {tuple(r["code"]): r for r in sel["ranked"]}
+    sel, ranked = select(None)
+    assert tuple(sel["code"]) in _DEGENERATE and sel["agreement"] == 1.0  # pseudo-labels: all 0
+    assert not any(r["degenerate"] for r in ranked.values())
+    sel, ranked = select(0.9)
+    assert sel["code"] == [3, 3, 3, 3] and sel["agreement"] == 1.0
+    assert {c for c, r in ranked.items() if r["degenerate"]} == set(_DEGENERATE)
+    assert {c: r["majority_share"] for c, r in ranked.items()} == pytest.approx(
+        {**{c: 1.0 for c in _DEGENERATE}, (3, 3, 3, 3): 0.5, (4, 4, 4, 4): 4 / 6, (5, 5, 5, 5): 0.5})
+    assert {c: r["agreement"] for c, r in ranked.items()} == pytest.approx(
+        {**{c: 0.5 for c in _DEGENERATE}, (3, 3, 3, 3): 1.0, (4, 4, 4, 4): 5 / 6, (5, 5, 5, 5): 4 / 6})
+    assert [tuple(r["code"]) for r in sel["ranked"][3:]] == list(_DEGENERATE)  # degenerate last
 
 
 # ---- prompt tuning --------------------------------------------------------------------
@@ -210,6 +297,23 @@ def test_prompt_tuning_lowers_shot_loss_and_leaves_the_model_alone(arch):
     tuned = RankScorer(model, 8, progress=False, prompt=prompt).score(
         [ScoreRequest(s.input_ids, [s.choices[s.label]]) for s in shots])
     assert -sum(t.logprob[0] for t in tuned) < obj_code
+
+
+def test_few_shot_table_is_computed_from_the_runs():
+    from ctr.few_shot import few_shot_table
+
+    def run(medians):
+        return {"tasks": {t: {"median": m} for t, m in medians.items()}}
+    runs = {"bitwise": run({"super_glue_cb": 70.0, "trec": 41.25}),
+            "discrete": run({"super_glue_cb": 50.0, "trec": 30.0})}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in few_shot_table(runs).splitlines()[2:]}
+    assert rows["super_glue_cb"] == ["super_glue_cb", "70.0", "50.0", "78.6"]  # + paper few-shot
+    assert rows["trec"] == ["trec", "41.2", "30.0", "-"]  # no paper number
+    assert rows["**average**"] == ["**average**", "55.6", "40.0", "78.6"]
+    runs["discrete"]["tasks"]["trec"]["median"] = 10.0
+    rows = {line.split("|")[1].strip(): line for line in few_shot_table(runs).splitlines()[2:]}
+    assert "| 10.0 |" in rows["trec"] and "| 30.0 |" in rows["**average**"]
 
 
 def train_tiny_run(run, tiny_paths, task_file):
@@ -242,9 +346,152 @@ def test_cli_zero_label_and_few_shot_end_to_end(tiny_paths, task_file, tmp_path,
     out = json.loads((fs / "results.json").read_text())
     assert set(out["runs"]) == {"bitwise", "discrete", "prompt_tuning"}
     adapted = out["adapted"]["super_glue_cb"]
-    assert adapted["chosen_by"] == "held-out shots" and adapted["search_objective"] <= adapted["start_objective"]
-    assert (fs / "trajectory_super_glue_cb.jsonl").exists()
+    assert adapted["chosen_by"] == "held-out shots"
+    traj = [json.loads(x) for x in (fs / "trajectory_super_glue_cb.jsonl").read_text().splitlines()]
+    assert adapted["search_code"] == traj[-1]["code"] and adapted["search_objective"] == traj[-1]["objective"]
+    visited = [traj[0]["code"]] + [r["code"] for r in traj[1:] if r["accepted"]]
+    held = adapted["held_out_objectives"]  # the returned code: the visited one best on held-out shots
+    assert len(held) == len(visited)
+    assert adapted["code"] == visited[max(i for i, h in enumerate(held) if h == min(held))]
     assert "prompt_tuning (median)" in (fs / "results.md").read_text()
     plain = tiny_paths["llama"]
     assert main(["few-shot", "--checkpoint", str(plain), "--tasks", "super_glue_cb"]) == 2
     assert "no codes" in capsys.readouterr().err
+
+
+# ---- selection data never reaches evaluation --------------------------------------------
+def saved_checkpoint(path, tiny_paths):
+    """A CTR checkpoint of the tiny llama (random codes, no training): for the CLI."""
+    from ctr.backbone import load_backbone
+    backbone, tok = load_backbone(str(tiny_paths["llama"]))
+    torch.manual_seed(0)
+    cfg = CTRConfig(code_length=L, codebook_size=K, task_names=[f"t{i}" for i in range(3)],
+                    codebook_init_scale=1.0, backbone=str(tiny_paths["llama"]))
+    CTRModel(backbone, cfg, tok).save_pretrained(path)
+    return path
+
+
+def small_data_dir(root, n_rows: dict[str, int]):
+    """A copy of the real data folder with the first n rows of each task's splits (and
+    its templates): small enough to evaluate whole."""
+    import shutil
+    from ctr.eval_tasks import get_task
+    src = data_dir()
+    for name, n in n_rows.items():
+        task = get_task(name)
+        for split in [task.eval_split] + ([task.train_split] if task.train_split else []):
+            rows = (src / task.data_folder / split).read_text().splitlines(keepends=True)[:n]
+            (root / task.data_folder).mkdir(parents=True, exist_ok=True)
+            (root / task.data_folder / split).write_text("".join(rows))
+        if not (root / task.template_path).exists():
+            shutil.copytree(src / task.template_path, root / task.template_path)
+    return root
+
+
+def test_eval_with_a_zero_label_codes_file_keeps_its_selection_examples_out(tiny_paths, tmp_path, capsys):
+    """ANLI has no train split: zero-label selects on validation examples. `ctr eval
+    --codes-file codes.json`, with no --exclude-indices, must not score them."""
+    need_data()
+    from ctr.cli import main
+    from ctr.eval_tasks import load_examples
+    data = str(small_data_dir(tmp_path / "data", {"anli_r1": 30, "super_glue_cb": 12}))
+    run = saved_checkpoint(tmp_path / "ckpt", tiny_paths)
+    zl = tmp_path / "zl"
+    assert main(["zero-label", "--checkpoint", str(run), "--tasks", "anli_r1", "super_glue_cb",
+                 "--n-inputs", "7", "--max-templates", "1", "--no-eval", "--data-dir", data,
+                 "--output-dir", str(zl)]) == 0
+    sel = json.loads((zl / "zero_label.json").read_text())["tasks"]
+    picked = set(sel["anli_r1"]["selection_indices"])
+    assert len(picked) == 7 and sel["anli_r1"]["selection_source"].startswith("eval")
+    capsys.readouterr()
+    ev = tmp_path / "ev"
+    assert main(["eval", "--model", str(run), "--codes-file", str(zl / "codes.json"), "--tasks",
+                 "anli_r1", "super_glue_cb", "--templates", "GPT-3 style", "--data-dir", data,
+                 "--output-dir", str(ev)]) == 0
+    assert "anli_r1: 7 examples excluded" in capsys.readouterr().out
+    res = json.loads((ev / "results.json").read_text())["tasks"]
+    all_anli = {e.index for e in load_examples("anli_r1", root=data)}
+    assert len(all_anli) == 30
+    assert set(res["anli_r1"]["indices"]) == all_anli - picked  # every other example, none of these
+    assert res["anli_r1"]["examples"] == len(all_anli) - 7 and res["anli_r1"]["excluded"] == 7
+    assert res["anli_r1"]["code"] == sel["anli_r1"]["code"]
+    # CB selects on its train split: nothing to exclude
+    assert res["super_glue_cb"]["examples"] == 12
+    assert res["super_glue_cb"]["excluded"] == 0
+    # an explicit --exclude-indices is united with the codes file's exclusions
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"anli_r1": [min(picked), min(all_anli - picked)]}))
+    assert main(["eval", "--model", str(run), "--codes-file", str(zl / "codes.json"), "--tasks",
+                 "anli_r1", "--templates", "GPT-3 style", "--max-examples", "20", "--data-dir", data,
+                 "--exclude-indices", str(extra), "--output-dir", str(ev)]) == 0
+    res = json.loads((ev / "results.json").read_text())["tasks"]["anli_r1"]
+    assert not set(res["indices"]) & (picked | {min(all_anli - picked)}) and res["excluded"] == 8
+
+
+def test_every_codes_file_reader_takes_both_formats(tmp_path):
+    """codes.json now carries its exclusions; every reader of codes files reads it, and
+    still reads an older plain {task: code} file (which excludes nothing)."""
+    from ctr.analysis import read_adapted_codes
+    from ctr.evaluate import codes_for_tasks, eval_exclusions
+    from ctr.fileio import codes_file_content, read_codes_file, write_json
+    from ctr.generation import GenerateConfig, resolve_code
+    from ctr.zero_label import candidate_codes
+    model = ctr_model()
+    codes = {"anli_r1": [1, 2, 3, 4], "super_glue_cb": [0, 0, 7, 7]}
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    write_json(new, codes_file_content(codes, {"anli_r1": [5, 3], "super_glue_cb": []}))
+    write_json(old, codes)
+    for path, excluded in ((new, {"anli_r1": {3, 5}, "super_glue_cb": set()}), (old, {})):
+        assert read_codes_file(path)[0] == codes
+        assert read_adapted_codes(str(path), K, L) == codes
+        assert resolve_code(model, GenerateConfig(task="super_glue_cb", codes_file=str(path))) == [0, 0, 7, 7]
+        assert codes_for_tasks(model, EvalConfig(codes_file=str(path)), list(codes)) == codes
+        assert sorted(c for c, _ in candidate_codes(model, str(path))) == sorted(codes.values())
+        assert eval_exclusions(EvalConfig(codes_file=str(path))) == excluded
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"anli_r1": [5, 9], "hellaswag": [1]}))
+    assert eval_exclusions(EvalConfig(codes_file=str(new), exclude_indices=str(extra))) == {
+        "anli_r1": {3, 5, 9}, "super_glue_cb": set(), "hellaswag": {1}}
+    # a codes.json passed as --exclude-indices gives its exclusions, not nothing
+    assert eval_exclusions(EvalConfig(exclude_indices=str(new)))["anli_r1"] == {3, 5}
+
+
+def _hide_eval_labels(monkeypatch):
+    """Evaluation examples reach the selection code (ctr.splits, ctr.eval_tasks) without
+    labels: any read fails. `ctr.evaluate` keeps its own loader, to score at the end."""
+    import ctr.eval_tasks as eval_tasks
+    import ctr.splits as splits
+    from ctr.eval_tasks import TaskExample
+    real = eval_tasks.load_examples
+
+    def hidden(task, split="eval", *a, **k):
+        examples = real(task, split, *a, **k)
+        if split != "eval":
+            return examples
+        return [TaskExample(e.index, e.fields, MappingProxyType(_NoLabels()), e.label_field)
+                for e in examples]
+    monkeypatch.setattr(eval_tasks, "load_examples", hidden)
+    monkeypatch.setattr(splits, "load_examples", hidden)
+
+
+def test_few_shot_and_prompt_tuning_judge_templates_without_evaluation_labels(tiny_paths, tmp_path,
+                                                                              monkeypatch):
+    """Template usability for the search and for prompt tuning is judged on the shots (CB:
+    train split), never on labelled evaluation examples."""
+    need_data()
+    from ctr.eval_tasks import usable_templates
+    from ctr.few_shot import FewShotConfig, run_few_shot
+    from ctr.splits import few_shot
+    run = saved_checkpoint(tmp_path / "ckpt", tiny_paths)
+    shots = few_shot("super_glue_cb", 4, seed=0).examples
+    expected = [t.name for t in usable_templates("super_glue_cb", examples=shots).usable][:2]
+    _hide_eval_labels(monkeypatch)
+    out = run_few_shot(FewShotConfig(
+        checkpoint=str(run), tasks=["super_glue_cb"], shots=4, max_templates=2, max_sweeps=1,
+        values="seen", max_examples=4, eval_max_templates=1, prompt_tuning=True, prompt_steps=1,
+        output_dir=str(tmp_path / "fs")))
+    assert out["adapted"]["super_glue_cb"]["templates"] == expected
+    assert set(out["runs"]) == {"bitwise", "discrete", "prompt_tuning"}
+    codes = json.loads((tmp_path / "fs" / "codes.json").read_text())
+    assert codes == {"codes": {"super_glue_cb": out["adapted"]["super_glue_cb"]["code"]},
+                     "exclude": {"super_glue_cb": []}}

@@ -330,6 +330,41 @@ def test_label_read_in_the_input_is_a_leak() -> None:
     assert clean.render_input_and_choices(example, hidden_fields=["label"]) == clean.render(example).prompt
 
 
+@pytest.mark.parametrize(
+    ("jinja", "choices"),
+    [
+        ("{{ ''.__class__.__mro__ }} {{ text }} ||| {{ answer_choices[label] }}", "No ||| Yes"),
+        ("{{ text.__class__.__mro__[1].__subclasses__() }} ||| {{ answer_choices[label] }}", "No ||| Yes"),
+        ("{{ text }} ||| {{ answer_choices[label] }}", "{{ cycler.__init__.__globals__ }} ||| Yes"),
+        ("{{ text.format.__globals__ }} ||| {{ answer_choices[label] }}", "No ||| Yes"),
+    ],
+)
+def test_templates_cannot_reach_python_internals(jinja: str, choices: str) -> None:
+    """Template files are downloaded data: they render in a sandbox, and an attempt to
+    reach Python internals is a typed failure naming the template, never rendered."""
+    template = _template(jinja, choices, name="evil one")
+    example = {"text": "hello", "label": 1}
+    with pytest.raises(RenderError) as err:
+        template.render(example)
+    assert err.value.reason is SkipReason.UNSAFE_TEMPLATE
+    assert "evil one" in str(err.value) and "unsafe" in str(err.value)
+    with pytest.raises(RenderError) as err:  # the label-free path too
+        template.render_input_and_choices(example, hidden_fields=["label"])
+    assert err.value.reason is SkipReason.UNSAFE_TEMPLATE and "evil one" in str(err.value)
+    _, skipped = render_dataset(template, [example, example], hidden_fields=["label"])
+    assert skipped == {SkipReason.UNSAFE_TEMPLATE: 2}
+
+
+def test_sandbox_keeps_the_promptsource_helpers() -> None:
+    """zip, choice, most_frequent, list methods and loops still work in the sandbox."""
+    template = _template(
+        "{% set acc = [] %}{% for a, b in zip(xs, ys) %}{{ acc.append(a ~ b) or '' }}{% endfor %}"
+        "{{ acc | join(',') }} {{ xs | most_frequent | first }} {{ [text] | choice }}"
+        "{% for i in range(2) %}.{% endfor %} {{ text.upper() }} ||| {{ answer_choices[label] }}")
+    r = template.render({"xs": ["a", "a", "b"], "ys": ["1", "2", "3"], "text": "hi", "label": 1})
+    assert r.input_text == "a1,a2,b3 a hi.. HI" and r.target_text == "Yes"
+
+
 def test_pipes_in_fields_and_choice_filter_match_promptsource() -> None:
     template = _template(
         "{{ ['A', 'B', 'C'] | choice }}: {{ text }} ||| {{ answer_choices[label] }}",

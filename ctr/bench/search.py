@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
     task = get_task(args.task)
     common = AdaptCommon(max_templates=1)
-    templates = selection_templates(task, common)
     examples = few_shot(task, args.shots, args.seed).examples
+    templates = selection_templates(task, common, examples, labelled=True)
     shots = make_shots(model, task, examples, templates, common)
     texts = []
     for template in templates:
