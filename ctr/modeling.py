@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .backbone import is_encoder_decoder, load_backbone
 from .config import CTRConfig
-from .fileio import atomic_dir, read_json, write_json
+from .fileio import atomic_dir, complete_dir, read_json, write_json
 from .quantizer import CodeQuantizer
 
 CONFIG_FILE = "ctr_config.json"
@@ -44,7 +44,10 @@ def find_model_dir(path: str | Path) -> Path | None:
     """The CTR model folder of a run folder (its final/), a checkpoint (its model/) or
     the model folder itself; None when there is none."""
     p = Path(path)
-    return next((c for c in (p / "final", p / "model", p) if (c / CONFIG_FILE).exists()), None)
+    for c in (complete_dir(p / "final"), p / "model", p):  # final/, or its backup mid-swap
+        if c is not None and (c / CONFIG_FILE).exists():
+            return c
+    return None
 
 
 @dataclass
@@ -103,9 +106,11 @@ class CTRModel(nn.Module):
 
     # ---- codes ---------------------------------------------------------------------
     def encode_tasks(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """Continuous encodings z [B, L, D] of training tasks."""
-        e = self.task_embedding(task_ids)
-        return torch.einsum("be,led->bld", e, self.encoder)
+        """Continuous encodings z [B, L, D] of training tasks, in fp32 with autocast off
+        (under bf16 autocast the einsum would round z and flip codes against the fp32 table)."""
+        with torch.autocast(device_type=self.encoder.device.type, enabled=False):
+            e = self.task_embedding(task_ids).float()
+            return torch.einsum("be,led->bld", e, self.encoder.float())
 
     @torch.no_grad()
     def task_codes(self) -> torch.Tensor:

@@ -8,16 +8,24 @@ Two variants:
   k-means init and dead-code revival (its buffers are updated in place).
 
 Both take encodings ``z`` of shape [batch, L, D] and return the straight-through
-quantized vectors, the code indices [batch, L] and the VQ loss.
+quantized vectors, the code indices [batch, L] and the VQ loss. Codes are always picked
+in fp32 with autocast off, so bf16 training assigns the codes the saved code table shows.
+
+Several processes (torch.distributed initialised): the plain variant sums its usage
+counts over the processes and draws revival vectors from the encodings of all of them,
+identically on every process; the ema variant syncs its EMA statistics
+(vector-quantize-pytorch's ``sync_codebook``).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
-from vector_quantize_pytorch.vector_quantize_pytorch import kmeans
+from vector_quantize_pytorch.vector_quantize_pytorch import batched_sample_vectors, kmeans, noop
 
 from .config import CTRConfig
 
@@ -29,9 +37,25 @@ class QuantizerOutput:
     loss: torch.Tensor  # scalar: codebook + beta * commitment
 
 
+def world_size() -> int:
+    """Processes in the torch.distributed group (1 when it is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def no_autocast(device: torch.device):
+    """A context with autocast off on `device` (codes are picked in fp32)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 class CodeQuantizer(nn.Module):
     def __init__(self, config: CTRConfig, dim: int):
         super().__init__()
+        # plain: when True (the trainer sets it), usage counts and encodings of the forward
+        # passes are kept until `end_step()`, which updates usage and revives dead codes
+        # once per optimizer step: the same result for any micro-batching or process count.
+        self.defer_usage = False
+        self.revived = 0  # codes revived by the last usage update (plain)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.variant = config.quantizer
         self.codebook_size = config.codebook_size
         self.beta = config.beta
@@ -51,7 +75,11 @@ class CodeQuantizer(nn.Module):
                 commitment_weight=config.beta, kmeans_init=config.kmeans_init,
                 threshold_ema_dead_code=config.dead_code_threshold,
                 rotation_trick=False,  # the paper's plain straight-through estimator
-                ema_update=True, learnable_codebook=False, sync_codebook=False,
+                ema_update=True, learnable_codebook=False,
+                # EMA statistics (and dead-code samples) summed over the processes when the
+                # model is built inside a distributed run (the trainer builds it after the
+                # process group is up)
+                sync_codebook=world_size() > 1,
             )
             if not config.kmeans_init:
                 with torch.no_grad():
@@ -67,9 +95,25 @@ class CodeQuantizer(nn.Module):
         return self.weight[codes]
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        w = self.weight.detach()
-        d = (z.detach().pow(2).sum(-1, keepdim=True) - 2 * z.detach() @ w.t() + w.pow(2).sum(-1))
+        """Index of the nearest codebook vector, computed in fp32 whatever the autocast."""
+        with no_autocast(z.device):
+            w, z = self.weight.detach().float(), z.detach().float()
+            d = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ w.t() + w.pow(2).sum(-1))
         return d.argmin(-1)
+
+    @contextlib.contextmanager
+    def _local_codebook(self):
+        """ema: no cross-process sync inside (k-means init on data every process holds)."""
+        cb = self.vq._codebook
+        names = ("sample_fn", "replace_sample_fn", "kmeans_all_reduce_fn", "all_reduce_fn")
+        saved = {n: getattr(cb, n) for n in names}
+        cb.sample_fn = cb.replace_sample_fn = batched_sample_vectors
+        cb.kmeans_all_reduce_fn = cb.all_reduce_fn = noop
+        try:
+            yield
+        finally:
+            for n, v in saved.items():
+                setattr(cb, n, v)
 
     @torch.no_grad()
     def init_from_encodings(self, z: torch.Tensor) -> None:
@@ -81,32 +125,88 @@ class CodeQuantizer(nn.Module):
             self.initted.fill_(True)
         else:
             self.vq.train()
-            self.vq(flat[None])  # VectorQuantize runs its k-means on the first batch it sees
+            with self._local_codebook(), no_autocast(flat.device):
+                self.vq(flat[None])  # VectorQuantize runs its k-means on the first batch it sees
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         if self.variant == "ema":
-            q, codes, loss = self.vq(z)
+            # vector-quantize-pytorch turns autocast off for CUDA only: distances in fp32 here
+            with no_autocast(z.device):
+                q, codes, loss = self.vq(z.float())
             return QuantizerOutput(q, codes, loss)
         codes = self.nearest(z)
         q = self.codebook[codes]
         loss = (q - z.detach()).pow(2).mean() + self.beta * (z - q.detach()).pow(2).mean()
         if self.training:
-            self._track_usage_and_revive(z, codes)
+            if self.defer_usage:
+                self._pending.append((z.detach().float().reshape(-1, self.dim), codes.reshape(-1)))
+            else:
+                self._track_usage_and_revive(z.detach().float().reshape(-1, self.dim),
+                                             codes.reshape(-1), 1)
         return QuantizerOutput(z + (q - z).detach(), codes, loss)
 
     @torch.no_grad()
-    def _track_usage_and_revive(self, z: torch.Tensor, codes: torch.Tensor) -> None:
-        counts = torch.bincount(codes.reshape(-1), minlength=self.codebook_size).float()
-        self.usage.mul_(0.99).add_(counts, alpha=0.01)
+    def end_step(self, generator: torch.Generator | None = None) -> None:
+        """plain with `defer_usage`: one usage update (and dead-code revival) for all the
+        forward passes since the last call, on every process together. `generator` draws
+        the revival vectors (default: the global RNG)."""
+        if self.variant != "plain" or not self._pending:
+            self.revived = 0
+            return
+        z = torch.cat([p[0] for p in self._pending])
+        codes = torch.cat([p[1] for p in self._pending])
+        n_forwards = len(self._pending)
+        self._pending = []
+        self._track_usage_and_revive(z, codes, n_forwards, generator)
+
+    @torch.no_grad()
+    def _track_usage_and_revive(self, flat: torch.Tensor, codes: torch.Tensor, n_forwards: int,
+                                generator: torch.Generator | None = None) -> None:
+        """usage <- EMA (0.99 per forward pass) of the codes picked per forward pass;
+        codes under the threshold take random encodings of the batch. With several
+        processes the counts are summed over all of them and the encodings gathered in
+        rank order, so every process makes the same update as one process would on the
+        whole global batch."""
+        counts = torch.bincount(codes, minlength=self.codebook_size).float()
+        counts = torch.cat([counts, counts.new_tensor([float(n_forwards)])])
+        world = world_size()
+        if world > 1:
+            dist.all_reduce(counts)
+        counts, n_forwards = counts[:-1], float(counts[-1])
+        # n_forwards updates of 0.99 each, with the mean count of a forward pass
+        decay = 0.99 ** n_forwards
+        self.usage.mul_(decay).add_(counts / n_forwards, alpha=1 - decay)
+        self.revived = 0
         if self.dead_code_threshold <= 0:
             return
+        if world > 1:  # one authoritative copy (all-reduce results may differ in the last bit)
+            dist.broadcast(self.usage, src=0)
         dead = (self.usage < self.dead_code_threshold).nonzero().flatten()
         if len(dead) == 0:
             return
-        flat = z.detach().reshape(-1, self.dim)
-        pick = torch.randint(len(flat), (len(dead),), device=flat.device)
-        self.codebook.data[dead] = flat[pick]
+        if world > 1:
+            flat = _all_gather_rows(flat)
+        device = generator.device if generator is not None else flat.device
+        pick = torch.randint(len(flat), (len(dead),), device=device, generator=generator)
+        pick = pick.to(flat.device)
+        if world > 1:
+            dist.broadcast(pick, src=0)
+        self.codebook.data[dead] = flat[pick].to(self.codebook.dtype)
         self.usage[dead] = 1.0
+        self.revived = len(dead)
+
+
+def _all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of `x` [n, D] of every process, concatenated in rank order (n may differ)."""
+    world = world_size()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    width = int(max(s.item() for s in sizes))
+    padded = torch.cat([x, x.new_zeros(width - x.shape[0], *x.shape[1:])]) if width > x.shape[0] else x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
 
 
 def code_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, list[float]]:

@@ -4,6 +4,12 @@ Stage 1 trains task embeddings, encoder, codebook and decoder with the LM frozen
 stage 2 trains everything, starting from a stage-1 checkpoint. The batch of step s is a
 function of (seed, s), dropout is reseeded per step, and checkpoints hold model,
 optimizer and scheduler, so `--resume` after a kill reproduces the uninterrupted run.
+
+Several processes (`accelerate launch` or `torchrun`, GPUs or CPU) split each global
+batch into contiguous shards; the loss is the token mean over the whole global batch,
+the lr schedule advances once per optimizer step, the quantizer's statistics are summed
+over the processes, and the main process logs the global values, so N processes train
+the same model as one process does on the same global batch.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,8 +31,9 @@ from .batching import MixtureSampler, collate, encode_tasks
 from .checkpoint import latest_checkpoint, load_training_state, prune_checkpoints, save_checkpoint
 from .config import CTRConfig, TrainConfig
 from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
-from .fileio import append_jsonl, write_json
+from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from .modeling import CTRModel, find_model_dir
+from .prompt_format import PromptEncoder
 from .quantizer import code_usage
 
 
@@ -68,12 +76,17 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
         if [t.name for t in tasks] != model.config.task_names:
             raise ValueError(f"--init-from {cfg.init_from}: its tasks differ from the training data "
                              "(same --tasks / --max-tasks / --drop-single-answer as stage 1?)")
+        if model.config.target_delimiter != cfg.target_delimiter:
+            raise ValueError(f"--target-delimiter {cfg.target_delimiter!r} differs from the "
+                             f"{model.config.target_delimiter!r} that --init-from {cfg.init_from} "
+                             "was trained with: pass the same one")
         return model
     backbone, tok = load_backbone(cfg.model)
     ctr_cfg = CTRConfig(code_length=cfg.code_length, codebook_size=cfg.codebook_size,
                         task_names=[t.name for t in tasks], quantizer=cfg.quantizer,
                         kmeans_init=cfg.kmeans_init, dead_code_threshold=cfg.dead_code_threshold,
-                        task_init=cfg.task_init, use_codes=not cfg.no_codes, backbone=cfg.model)
+                        task_init=cfg.task_init, use_codes=not cfg.no_codes, backbone=cfg.model,
+                        target_delimiter=cfg.target_delimiter)
     vectors = description_vectors(backbone, tok, tasks) if cfg.task_init == "description" else None
     model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors)
     if cfg.init_from:
@@ -116,6 +129,60 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+# Settings a resumed run must share with its checkpoint (the rest, e.g. --micro-batch-size,
+# --save-every or --mixed-precision, may change between the two).
+RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
+               "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
+               "task_cap", "max_source_len", "max_target_len", "limit_examples", "code_length",
+               "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
+               "target_delimiter", "no_codes", "joint")
+
+
+def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
+    """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
+    (task ids would shift, or the schedule and batches would silently change)."""
+    from .checkpoint import STATE_FILE
+    from .modeling import CONFIG_FILE
+    saved = read_json(checkpoint / STATE_FILE).get("config") or {}
+    problems = []
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            problems.append(f"{flag} {getattr(cfg, key)!r} (checkpoint: {saved[key]!r})")
+    old_names = read_json(checkpoint / "model" / CONFIG_FILE).get("task_names", [])
+    if old_names != task_names:
+        i = next((i for i, (a, b) in enumerate(zip(old_names, task_names)) if a != b),
+                 min(len(old_names), len(task_names)))
+        at = lambda names: repr(names[i]) if i < len(names) else "nothing"
+        problems.append(f"the task list: {len(task_names)} tasks (checkpoint: {len(old_names)}), "
+                        f"first difference at task id {i}: {at(task_names)} "
+                        f"(checkpoint: {at(old_names)})")
+    if problems:
+        raise ValueError(f"--resume from {checkpoint}: this run differs from the checkpoint in "
+                         + "; ".join(problems) + ". Pass the checkpoint's settings and data to "
+                         "continue it, or use another --output-dir to start a new run")
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator that is distributed whenever the launcher started several processes.
+
+    `torchrun` on a machine without GPUs sets WORLD_SIZE but Accelerate stays single-process
+    unless told to use the CPU (ACCELERATE_USE_CPU=1, `accelerate launch --cpu`): every
+    process would then train its own copy into the same folder. Here the CPU is chosen for
+    it; a state initialised earlier in the process that cannot be changed is an error."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    accel = getattr(torch, "accelerator", None)
+    has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=precision, cpu=world > 1 and not has_accelerator)
+    if world > 1 and acc.num_processes != world:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} processes were launched but Accelerate set up "
+            f"{acc.num_processes}: each would train its own copy into one folder. On CPU launch "
+            "with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m ctr.cli train ...` or "
+            "`accelerate launch --cpu --num_processes N -m ctr.cli train ...`")
+    return acc
+
+
 def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | None = None,
           hooks: dict[str, Callable] | None = None) -> Path:
     """Run training; returns the folder of the final model. `stop_after` ends this call
@@ -126,7 +193,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
-    acc = Accelerator(mixed_precision=precision)
+    acc = make_accelerator(precision)
     torch.manual_seed(cfg.seed)
     tasks = tasks if tasks is not None else load_tasks(cfg, verbose=acc.is_main_process)
 
@@ -134,6 +201,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if cfg.resume and resume_from is None and acc.is_main_process:
         print(f"[ctr] --resume: no checkpoint in {out}, starting fresh")
     if resume_from is not None:
+        check_resume(resume_from, cfg, [t.name for t in tasks])
         model = CTRModel.from_pretrained(resume_from / "model")
     else:
         model = build_model(cfg, tasks)
@@ -143,18 +211,22 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         model.config.backbone_trained = True
     model.train()
     optimizer = make_optimizer(model, cfg)
+    # not passed to acc.prepare: Accelerate would step it once per process per step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start = 0
     if resume_from is not None:
         start = load_training_state(resume_from, optimizer, scheduler)["step"]
-        _truncate_metrics(out / "metrics.jsonl", start)
         if acc.is_main_process:
+            _truncate_metrics(out / "metrics.jsonl", start)
             print(f"[ctr] resumed from {resume_from} at step {start}")
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model, optimizer = acc.prepare(model, optimizer)
     core: CTRModel = acc.unwrap_model(model)
+    revival = core.config.use_codes and core.config.quantizer == "plain"
+    if revival:  # usage and dead-code revival once per optimizer step, over all processes
+        core.quantizer.defer_usage = True
     seq2seq = is_encoder_decoder(core.backbone)
     tok = core.tokenizer
-    encoded = encode_tasks(tasks, tok, cfg.max_source_len, cfg.max_target_len, seq2seq)
+    encoded = encode_tasks(tasks, PromptEncoder.for_model(core), cfg.max_source_len, cfg.max_target_len)
     sampler = MixtureSampler([len(e) for e in encoded], cfg.mixing, cfg.task_cap, cfg.seed)
     if acc.is_main_process:
         write_json(out / "train_config.json", dataclasses.asdict(cfg))
@@ -162,20 +234,24 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         print(f"[ctr] stage {cfg.stage}: {len(tasks)} tasks, {n_train:,} trainable parameters, "
               f"{cfg.steps} steps x {cfg.batch_size} examples, device {acc.device}")
 
-    n_micro = cfg.batch_size // acc.num_processes // cfg.micro_batch_size
-    if n_micro < 1:
-        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than "
-                         f"{acc.num_processes} processes x --micro-batch-size {cfg.micro_batch_size}")
+    n_proc = acc.num_processes
+    if cfg.batch_size % (n_proc * cfg.micro_batch_size):
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of {n_proc} processes "
+                         f"x --micro-batch-size {cfg.micro_batch_size}")
+    per_process = cfg.batch_size // n_proc
+    n_micro = per_process // cfg.micro_batch_size
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"stage {cfg.stage}",
                disable=not acc.is_main_process, dynamic_ncols=True)
     last_good = None
     for step in bar:
         t0 = time.time()
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and code revival, per step
-        pairs = sampler.batch(step, cfg.batch_size)[acc.process_index::acc.num_processes]
-        rows = [encoded[t][i] for t, i in pairs]
-        n_tokens = sum(len(r.target) for r in rows)
-        stats = {"loss": 0.0, "lm_loss": 0.0, "vq_loss": 0.0}
+        # dropout, per step and process (each process's shard gets its own masks)
+        torch.manual_seed(cfg.seed * 1_000_003 + step + 1_000_000_007 * acc.process_index)
+        # every process knows the global batch; it trains on its contiguous shard
+        global_rows = [encoded[t][i] for t, i in sampler.batch(step, cfg.batch_size)]
+        n_tokens = sum(len(r.target) for r in global_rows)
+        rows = global_rows[acc.process_index * per_process:(acc.process_index + 1) * per_process]
+        sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
         for k in range(n_micro):
             chunk = rows[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
             batch = {n: v.to(acc.device) for n, v in collate(chunk, tok.pad_token_id, seq2seq).items()}
@@ -186,12 +262,16 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                 o = model(**batch, target_only=cfg.target_only_logits)
                 if "after_forward" in hooks:
                     o = hooks["after_forward"](step, o)
-                # token-mean over the whole global batch, whatever the micro-batching
-                loss = o.token_loss_sum / n_tokens + core.config.vq_weight * o.vq_loss / n_micro
-                acc.backward(loss)
-            stats["lm_loss"] += o.token_loss_sum.item() / n_tokens
-            stats["vq_loss"] += o.vq_loss.item() / n_micro
-        stats["loss"] = stats["lm_loss"] + core.config.vq_weight * stats["vq_loss"]
+                # token mean over the whole global batch and VQ mean over all its forward
+                # passes, whatever the micro-batching; x n_proc undoes DDP's gradient average
+                lm = o.token_loss_sum / n_tokens
+                vq = o.vq_loss / (n_micro * n_proc)
+                acc.backward((lm + core.config.vq_weight * vq) * n_proc)
+            sums += torch.tensor([lm.item(), vq.item()], dtype=torch.float64)
+        if n_proc > 1:
+            sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
+        stats = {"loss": float(sums[0] + core.config.vq_weight * sums[1]),
+                 "lm_loss": float(sums[0]), "vq_loss": float(sums[1])}
         grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                         cfg.grad_clip)
         if not (math.isfinite(stats["loss"]) and math.isfinite(float(grad_norm))):
@@ -201,6 +281,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if revival:  # revival vectors drawn from a per-step generator, alike on every process
+            core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         done = step + 1
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vq=f"{stats['vq_loss']:.3f}")
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
@@ -211,6 +293,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                 usage = code_usage(core.task_codes().cpu(), core.config.codebook_size)
                 record.update(code_perplexity=usage["perplexity"], codes_in_use=usage["codes_in_use"],
                               distinct_values=usage["distinct_values"])
+                if revival and core.config.dead_code_threshold > 0:
+                    record["revived_codes"] = core.quantizer.revived
             append_jsonl(out / "metrics.jsonl", record)
         if done % cfg.save_every == 0 and done < cfg.steps:
             acc.wait_for_everyone()
@@ -220,6 +304,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                                 {"config": dataclasses.asdict(cfg)})
                 prune_checkpoints(out, cfg.keep_checkpoints)
         if stop_after is not None and done - start >= stop_after and done < cfg.steps:
+            acc.wait_for_everyone()  # the checkpoint is on disk when any process returns
             return out
     acc.wait_for_everyone()
     final = out / "final"
@@ -227,22 +312,22 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         core.save_pretrained(final)
         if core.config.use_codes:
             write_json(out / "code_table.json", core.code_table())
+    acc.wait_for_everyone()
     return final
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from."""
+    """Drop records written after the checkpoint we resume from (and a last line a kill
+    cut off); the file is replaced atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
 
 
 def summarize_run(output_dir: str | Path) -> str:
     """Code table and loss-curve summary of a finished run, as Markdown."""
     out = Path(output_dir)
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records = read_jsonl(out / "metrics.jsonl")
     lines = ["## Loss curve", "", "| step | loss | lm loss | vq loss | distinct code values |",
              "|---:|---:|---:|---:|---:|"]
     picks = sorted({0, len(records) // 4, len(records) // 2, 3 * len(records) // 4, len(records) - 1})

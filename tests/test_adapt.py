@@ -191,8 +191,9 @@ class _NoLabels(dict):
 
 
 @pytest.mark.parametrize("task", ["super_glue_rte", "anli_r1"])
-def test_zero_label_selection_never_reads_labels(task, monkeypatch):
+def test_zero_label_selection_never_reads_labels(task, monkeypatch, tmp_path):
     need_data()
+    data = str(small_data_dir(tmp_path / "data", {task: 40}))  # small enough to evaluate whole
     import ctr.splits as splits
     from ctr.eval_tasks import TaskExample
     from ctr.zero_label import ZeroLabelConfig, candidate_codes, select_code
@@ -203,7 +204,7 @@ def test_zero_label_selection_never_reads_labels(task, monkeypatch):
                 for e in real(*a, **k)]
     monkeypatch.setattr(splits, "load_examples", unlabeled)
     model = ctr_model()
-    cfg = ZeroLabelConfig(n_inputs=5, max_templates=2)
+    cfg = ZeroLabelConfig(n_inputs=5, max_templates=2, data_dir=data)
     sel = select_code(model, task, cfg, candidate_codes(model), RankScorer(model, 8, progress=False))
     assert sel["code"] == sel["ranked"][0]["code"] and sel["agreement"] == sel["ranked"][0]["agreement"]
     assert sel["ranked"][0]["agreement"] == max(r["agreement"] for r in sel["ranked"])
@@ -218,7 +219,8 @@ def test_zero_label_selection_never_reads_labels(task, monkeypatch):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(excl, f)
         res = evaluate(model, EvalConfig(tasks=[task], code=",".join(map(str, sel["code"])),
-                                         templates=["GPT-3 style"], exclude_indices=f.name),
+                                         templates=["GPT-3 style"], exclude_indices=f.name,
+                                         data_dir=data),
                        progress=False)
         os.unlink(f.name)
         evaluated = set(res["tasks"][task]["indices"])

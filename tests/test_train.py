@@ -147,3 +147,21 @@ def test_no_codes_baseline_trains_the_backbone_and_loads_for_eval(tiny_paths, ta
     assert (final / "backbone" / "config.json").exists()
     with pytest.raises(ValueError, match="--no-codes"):
         cfg_for(tiny_paths, task_file, tmp_path / "x", no_codes=True)  # stage 1 has nothing to train
+
+
+def test_resume_refuses_other_tasks_or_settings(tiny_paths, task_file, tmp_path, capsys):
+    from conftest import write_tasks
+    train(cfg_for(tiny_paths, task_file, tmp_path / "run"), stop_after=3)  # checkpoint-3
+    with pytest.raises(ValueError, match=r"--batch-size 8 \(checkpoint: 4\).*--lr 0\.5 \(checkpoint: 0\.01\)"):
+        train(cfg_for(tiny_paths, task_file, tmp_path / "run", resume=True, batch_size=8, lr=0.5))
+    other = write_tasks(tmp_path / "other.jsonl", n_tasks=4)  # one more task, same first three
+    with pytest.raises(ValueError, match=r"task list: 4 tasks \(checkpoint: 3\).*task id 3: 'task3' "
+                                         r"\(checkpoint: nothing\)"):
+        train(cfg_for(tiny_paths, other, tmp_path / "run", resume=True))
+    rc = main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
+               str(task_file), "--output-dir", str(tmp_path / "run"), "--code-length", "3",
+               "--codebook-size", "8", "--max-source-len", "32", "--max-target-len", "8",
+               "--resume", "--seed", "1", "--quantizer", "ema"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--seed 1 (checkpoint: 0)" in err and "--quantizer 'ema' (checkpoint: 'plain')" in err
+    assert not (tmp_path / "run" / "final").exists()
