@@ -14,6 +14,9 @@ from typing import Any, Literal
 from .prompt_format import parse_delimiter
 
 QUANTIZERS = ("plain", "ema")
+CODEBOOK_INITS = ("uniform", "vocab")
+DECODER_INITS = ("random", "identity")
+ENCODER_INITS = ("random", "spread")
 PLACEMENTS = ("prefix",)
 TASK_INITS = ("random", "description")
 
@@ -41,6 +44,20 @@ class CTRConfig:
     encoder_init_std: float = opt(0.1, "std of the per-position encoder init")
     codebook_init_scale: float | None = opt(
         None, "codebook init uniform(-s, s); default 100/K as in the released code")
+    codebook_init: Literal["uniform", "vocab"] = opt(
+        "uniform", "uniform: uniform(-s, s) (paper); vocab: K random token embeddings of the "
+                   "backbone, so a code value starts as a word-like prompt vector")
+    encoder_init: Literal["random", "spread"] = opt(
+        "random", "random: N(0, encoder_init_std) (paper); spread: the encoder is solved so that "
+                  "each training task starts exactly on a code, values drawn evenly from the "
+                  "codebook (no collapse onto a few values, VQ loss 0 at the start)")
+    decoder_init: Literal["random", "identity"] = opt(
+        "random", "random: nn.Linear's default (paper); identity: the decoder starts as the "
+                  "identity, so the soft prompt is the codebook vectors (needs code_dim = hidden)")
+    codebook_lm_grad: bool = opt(
+        False, "the LM loss also trains the selected codebook vectors (forward: the codebook "
+               "vector; gradient to it and, straight through, to the task encoding). Paper: only "
+               "the VQ loss moves the codebook, so the prompt the LM sees learns only slowly")
     quantizer: Literal["plain", "ema"] = opt(
         "plain", "plain: learned codebook (paper); ema: EMA codebook updates")
     ema_decay: float = opt(0.8, "EMA decay (quantizer=ema)")
@@ -60,6 +77,12 @@ class CTRConfig:
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         check_choice("placement", self.placement, PLACEMENTS)
         check_choice("task_init", self.task_init, TASK_INITS)
+        check_choice("codebook_init", self.codebook_init, CODEBOOK_INITS)
+        check_choice("decoder_init", self.decoder_init, DECODER_INITS)
+        check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        if self.codebook_lm_grad and self.quantizer != "plain":
+            raise ValueError("codebook_lm_grad needs quantizer='plain' (the EMA codebook is not "
+                             "trained by gradients)")
         for name in ("code_length", "codebook_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -134,6 +157,19 @@ class TrainConfig:
     kmeans_init: bool = opt(False, "k-means codebook init from the task encodings")
     dead_code_threshold: float = opt(0.0, "dead-code revival threshold (0 = off)")
     task_init: Literal["random", "description"] = opt("random", "task-embedding init")
+    beta: float | None = opt(None, "commitment loss weight (preset)")
+    vq_weight: float | None = opt(None, "weight of the VQ loss in the total loss (preset)")
+    ema_decay: float | None = opt(None, "EMA decay of --quantizer ema (preset)")
+    encoder_init_std: float | None = opt(None, "std of the per-position encoder init (preset)")
+    codebook_init_scale: float | None = opt(None, "uniform codebook init range; default 100/K")
+    codebook_init: Literal["uniform", "vocab"] | None = opt(
+        None, "codebook init: uniform (paper) or vocab (random token embeddings) (preset)")
+    decoder_init: Literal["random", "identity"] | None = opt(
+        None, "decoder init: random (paper) or identity (preset)")
+    encoder_init: Literal["random", "spread"] | None = opt(
+        None, "encoder init: random (paper) or spread (tasks start on evenly drawn codes) (preset)")
+    codebook_lm_grad: bool | None = opt(
+        None, "the LM loss also trains the selected codebook vectors (preset)")
     target_delimiter: str = opt(
         "\\n", "text between an input and its target for decoder-only backbones, saved in the "
                "checkpoint and used by every command (backslash escapes are read: '\\n', '\\t')")
@@ -154,13 +190,34 @@ class TrainConfig:
         self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
-        for k, v in PRESETS[self.preset][self.stage].items():
+        for k, v in {**MODEL_PRESETS[self.preset], **PRESETS[self.preset][self.stage]}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
 
+
+# Options of the CTR module that `ctr train` passes to CTRConfig as they are.
+MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
+              "task_init", "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
+              "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
+              "codebook_lm_grad")
+PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
+                   codebook_init="uniform", decoder_init="random", encoder_init="random",
+                   codebook_lm_grad=False)
+# The CPU presets' recipe (results/stage1_diagnosis/): code values start as token
+# embeddings and are the soft prompt itself (identity decoder), and the LM loss trains them
+# directly, so a frozen LM's prompt learns at the speed of prompt tuning.
+CPU_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity", encoder_init="spread",
+                 codebook_lm_grad=True)
+# The CTR module per preset; explicit flags override them. See README "Why the CPU presets".
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": PAPER_MODEL,
+    "cpu-small": CPU_MODEL,
+    "cpu-demo": CPU_MODEL,
+    "tiny": PAPER_MODEL,
+}
 
 # Stage-dependent hyper-parameters; explicit flags override them.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {

@@ -103,6 +103,38 @@ class CTRModel(nn.Module):
         self.encoder = nn.Parameter(torch.randn(L, E, D) * config.encoder_init_std)
         self.quantizer = CodeQuantizer(config, D)
         self.decoder = nn.Linear(D, hidden, bias=False)
+        self._init_prompt_path(hidden)
+
+    @torch.no_grad()
+    def _init_prompt_path(self, hidden: int) -> None:
+        """`codebook_init="vocab"`: code values start as K random token embeddings;
+        `decoder_init="identity"`: the soft prompt is the codebook vectors themselves. Both
+        put the prompt on the scale of the LM's own inputs (SmolLM2: row norm ~3, where the
+        paper's init gives ~6 to 20 and the LM ignores it)."""
+        cfg = self.config
+        if (cfg.codebook_init == "vocab" or cfg.decoder_init == "identity") and cfg.code_dim != hidden:
+            raise ValueError(f"codebook_init='vocab' and decoder_init='identity' need code_dim = the "
+                             f"backbone's hidden size {hidden}, got {cfg.code_dim}")
+        if cfg.codebook_init == "vocab":
+            emb = self.backbone.get_input_embeddings().weight
+            rows = torch.randint(emb.shape[0], (cfg.codebook_size,))
+            self.quantizer.set_codebook(emb[rows.to(emb.device)].float())
+        if cfg.decoder_init == "identity":
+            self.decoder.weight.copy_(torch.eye(hidden))
+        if cfg.encoder_init == "spread":
+            self.encoder.copy_(self._spread_encoder())
+
+    def _spread_encoder(self) -> torch.Tensor:
+        """Encoder [L, E, D] that maps each task embedding e_t exactly onto codebook[c_t,i]
+        (least squares, exact when num_tasks <= E), for codes c drawn so that every value
+        is used about equally often: z starts on the code, not ~50 units from every value."""
+        cfg = self.config
+        T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
+        values = torch.randperm(K * (T * L // K + 1)) % K  # each value (T * L / K) times
+        codes = values[:T * L].reshape(T, L)
+        book = self.quantizer.weight.detach().float()
+        pinv = torch.linalg.pinv(self.task_embedding.weight.detach().float())  # [E, T]
+        return torch.stack([pinv @ book[codes[:, i].to(book.device)] for i in range(L)])
 
     # ---- codes ---------------------------------------------------------------------
     def encode_tasks(self, task_ids: torch.Tensor) -> torch.Tensor:
@@ -162,8 +194,13 @@ class CTRModel(nn.Module):
                 raise ValueError(f"task_ids has {task_ids.shape[0]} entries for a batch of {batch_size}")
             if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.config.num_tasks):
                 raise ValueError(f"task_ids must lie in [0, {self.config.num_tasks})")
-            out = self.quantizer(self.encode_tasks(task_ids))
+            z = self.encode_tasks(task_ids)
+            out = self.quantizer(z)
             q, codes, vq_loss = out.quantized, out.codes, out.loss
+            if self.config.codebook_lm_grad:
+                # forward: the codebook vectors; backward: the LM gradient reaches them and,
+                # straight through, the task encoding z (paper: z only)
+                q = self.quantizer.lookup(codes) + (z - z.detach())
         else:
             codes = self.check_codes(codes, batch_size)
             q, vq_loss = self.quantizer.lookup(codes), zero

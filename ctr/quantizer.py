@@ -116,6 +116,15 @@ class CodeQuantizer(nn.Module):
                 setattr(cb, n, v)
 
     @torch.no_grad()
+    def set_codebook(self, vectors: torch.Tensor) -> None:
+        """Replace the codebook [K, D] (both variants; the EMA average follows)."""
+        if self.variant == "plain":
+            self.codebook.copy_(vectors)
+        else:
+            self.vq._codebook.embed[0].copy_(vectors)
+            self.vq._codebook.embed_avg[0].copy_(vectors)
+
+    @torch.no_grad()
     def init_from_encodings(self, z: torch.Tensor) -> None:
         """k-means init of the codebook from task encodings [N, L, D] (all tasks at once)."""
         flat = z.detach().reshape(-1, self.dim).float()

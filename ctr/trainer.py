@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .backbone import is_encoder_decoder, load_backbone
 from .batching import MixtureSampler, collate, encode_tasks
 from .checkpoint import latest_checkpoint, load_training_state, prune_checkpoints, save_checkpoint
-from .config import CTRConfig, TrainConfig
+from .config import MODEL_KEYS, CTRConfig, TrainConfig
 from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from .modeling import CTRModel, find_model_dir
@@ -82,11 +82,8 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
                              "was trained with: pass the same one")
         return model
     backbone, tok = load_backbone(cfg.model)
-    ctr_cfg = CTRConfig(code_length=cfg.code_length, codebook_size=cfg.codebook_size,
-                        task_names=[t.name for t in tasks], quantizer=cfg.quantizer,
-                        kmeans_init=cfg.kmeans_init, dead_code_threshold=cfg.dead_code_threshold,
-                        task_init=cfg.task_init, use_codes=not cfg.no_codes, backbone=cfg.model,
-                        target_delimiter=cfg.target_delimiter)
+    ctr_cfg = CTRConfig(task_names=[t.name for t in tasks], use_codes=not cfg.no_codes,
+                        backbone=cfg.model, **{k: getattr(cfg, k) for k in MODEL_KEYS})
     vectors = description_vectors(backbone, tok, tasks) if cfg.task_init == "description" else None
     model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors)
     if cfg.init_from:
@@ -135,7 +132,9 @@ RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection
                "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
                "task_cap", "max_source_len", "max_target_len", "limit_examples", "code_length",
                "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
-               "target_delimiter", "no_codes", "joint")
+               "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
+               "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
+               "codebook_lm_grad")
 
 
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:

@@ -1,0 +1,122 @@
+"""The prompt path options of the CPU presets: codebook and decoder init on the scale of the
+token embeddings, the LM gradient reaching the codebook, every model option from `ctr train`."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ctr.batching import Encoded, collate
+from ctr.cli import build_parser
+from ctr.config import MODEL_KEYS, MODEL_PRESETS, CTRConfig, TrainConfig
+from ctr.modeling import CTRModel
+from ctr.testing import tiny_backbone
+
+ROWS = [Encoded(0, [20, 21, 22, 23], [30, 31, 1]), Encoded(1, [20, 26], [32, 1]),
+        Encoded(2, [27, 28, 29], [33, 34, 1])]
+
+
+def make(arch: str = "llama", **kw) -> CTRModel:
+    backbone, tok = tiny_backbone(arch)
+    torch.manual_seed(0)
+    cfg = CTRConfig(code_length=3, codebook_size=8, task_names=["a", "b", "c"], **kw)
+    return CTRModel(backbone, cfg, tok)
+
+
+def lm_grads(model: CTRModel, arch: str = "llama") -> dict[str, torch.Tensor]:
+    model.freeze_backbone()
+    model.zero_grad()
+    out = model(**collate(ROWS, 0, arch == "t5"))
+    out.lm_loss.backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters() if not n.startswith("backbone.")}
+
+
+@pytest.mark.parametrize("quantizer", ["plain", "ema"])
+def test_vocab_codebook_and_identity_decoder_make_the_prompt_token_embeddings(quantizer):
+    model = make(quantizer=quantizer, codebook_init="vocab", decoder_init="identity")
+    emb = model.backbone.get_input_embeddings().weight
+    book = model.quantizer.weight
+    # every codebook row is one of the LM's token embeddings
+    d = (book.detach()[:, None] - emb.detach()[None]).abs().amax(-1)  # [K, vocab]
+    assert torch.equal(d.min(1).values, torch.zeros(8))
+    codes = torch.tensor([[0, 5, 7]])
+    prompt, _, _ = model.soft_prompt(1, codes=codes)
+    assert torch.allclose(prompt[0], book[codes[0]], atol=1e-6)  # identity decoder
+
+
+def test_paper_init_is_unchanged_by_the_new_options():
+    a, b = make(), make(codebook_init="uniform", decoder_init="random")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    assert a.quantizer.weight.abs().max() <= 100 / 8  # uniform(-100/K, 100/K)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_lm_gradient_reaches_the_selected_codebook_rows_only_with_codebook_lm_grad(arch):
+    paper = make(arch)
+    g = lm_grads(paper, arch)
+    assert g["quantizer.codebook"].abs().sum() == 0  # paper: only the VQ loss moves it
+    assert g["encoder"].abs().sum() > 0 and g["task_embedding.weight"].abs().sum() > 0
+    model = make(arch, codebook_lm_grad=True)
+    with torch.no_grad():  # same forward value: the loss does not change
+        assert model(**collate(ROWS, 0, arch == "t5")).lm_loss == pytest.approx(
+            float(paper(**collate(ROWS, 0, arch == "t5")).lm_loss), rel=1e-6)
+    g = lm_grads(model, arch)
+    used = set(model.task_codes().flatten().tolist())
+    rows = g["quantizer.codebook"].abs().sum(1)
+    assert all(rows[v] > 0 for v in used)
+    assert all(rows[v] == 0 for v in range(8) if v not in used)
+    # the encoding still gets the straight-through gradient
+    assert g["encoder"].abs().sum() > 0 and g["task_embedding.weight"].abs().sum() > 0
+
+
+def test_bad_prompt_path_options_are_clear_errors():
+    with pytest.raises(ValueError, match="codebook_lm_grad needs quantizer='plain'"):
+        CTRConfig(quantizer="ema", codebook_lm_grad=True)
+    with pytest.raises(ValueError, match="codebook_init must be one of"):
+        CTRConfig(codebook_init="zeros")
+    with pytest.raises(ValueError, match="need code_dim"):
+        make(code_dim=16, decoder_init="identity")
+
+
+def test_every_model_option_is_a_train_flag_and_reaches_the_checkpoint_config():
+    ctr_fields = {f.name for f in dataclasses.fields(CTRConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settable = ctr_fields - {"task_names", "use_codes", "backbone", "backbone_trained", "code_dim",
+                             "task_embed_dim", "placement", "target_eos"}
+    assert settable <= set(MODEL_KEYS) <= train_fields
+    args = build_parser().parse_args(
+        ["train", "--beta", "0.25", "--vq-weight", "0.5", "--codebook-init", "vocab",
+         "--decoder-init", "identity", "--codebook-lm-grad", "--encoder-init-std", "0.01"])
+    assert (args.beta, args.vq_weight, args.codebook_init, args.codebook_lm_grad) == (0.25, 0.5, "vocab", True)
+
+
+@pytest.mark.parametrize("preset", sorted(MODEL_PRESETS))
+def test_presets_fill_the_model_options_and_flags_override_them(preset):
+    cfg = TrainConfig(preset=preset)
+    for k, v in MODEL_PRESETS[preset].items():
+        assert getattr(cfg, k) == v
+    assert TrainConfig(preset=preset, codebook_lm_grad=False, beta=0.3).codebook_lm_grad is False
+    assert TrainConfig(preset="paper").codebook_init == "uniform"  # the paper's recipe stays
+
+
+
+@pytest.mark.parametrize("n_tasks", [3, 40])
+def test_spread_encoder_starts_every_task_on_a_code_with_values_used_evenly(n_tasks):
+    backbone, tok = tiny_backbone("llama")  # hidden 32: 40 tasks > 32 dims is least squares
+    torch.manual_seed(0)
+    cfg = CTRConfig(code_length=3, codebook_size=8, task_names=[f"t{i}" for i in range(n_tasks)],
+                    codebook_init="vocab", decoder_init="identity", encoder_init="spread")
+    model = CTRModel(backbone, cfg, tok)
+    codes = model.task_codes()
+    counts = torch.bincount(codes.flatten(), minlength=8)
+    out = model.quantizer(model.encode_tasks(torch.arange(n_tasks)))
+    if n_tasks <= 32:  # exact: every task sits on its drawn code, VQ loss 0
+        assert counts.max() <= n_tasks * 3 // 8 + 1  # no value taken by more than its share
+        assert float(out.loss.detach()) < 1e-8
+    else:  # least squares: still spread over the whole codebook
+        assert (counts > 0).all()
+    paper = make(encoder_init="random", codebook_init="vocab", decoder_init="identity")
+    assert float(paper.quantizer(paper.encode_tasks(torch.arange(3))).loss.detach()) > 1e-2
