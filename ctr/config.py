@@ -69,7 +69,8 @@ class CTRConfig:
     target_delimiter: str = opt(
         "\n", "text joining an input and its target for decoder-only backbones (see "
               "ctr.prompt_format); training, scoring, search and generation all read it from here")
-    target_eos: bool = opt(True, "targets (and scored answer choices) end with EOS")
+    target_eos: bool = opt(True, "training targets end with EOS (seq2seq answer choices are "
+                                 "scored with it, decoder-only ones without: ctr.prompt_format)")
     backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
     backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
 

@@ -47,8 +47,10 @@ class ChoiceScores:
 def tokenize_request(model: CTRModel, input_text: str, choices: list[str],
                      max_input_len: int = 1024, code: list[int] | None = None) -> ScoreRequest:
     """A request whose ids are exactly what training saw for (input, choice): the model's
-    prompt format (`ctr.prompt_format`), read from its checkpoint config."""
-    src, outs = PromptEncoder.for_model(model).pair(input_text, list(choices), max_input_len)
+    prompt format (`ctr.prompt_format`), read from its checkpoint config (a decoder-only
+    choice is scored without the EOS training appends to it)."""
+    src, outs = PromptEncoder.for_model(model).pair(input_text, list(choices), max_input_len,
+                                                    scoring=True)
     if any(len(o) == 0 for o in outs):
         raise ValueError(f"an answer choice tokenises to nothing: {choices!r}")
     return ScoreRequest(src, outs, code)

@@ -74,8 +74,9 @@ def test_scorer_ids_equal_trainer_ids(tokenizer, arch):
     tok = TOKENIZERS[tokenizer]()
     model = model_with(tok, arch)
     src, tgt, s_src, s_gold = trainer_and_scorer_ids(model)
-    assert (s_src, s_gold) == (src, tgt)
     assert tgt[-1] == tok.eos_token_id
+    # the same ids; a decoder-only answer is scored without the EOS training appends
+    assert (s_src, s_gold) == (src, tgt if arch == "t5" else tgt[:-1])
     assert encode_texts(model, [EVAL_INPUT]) == [src]  # generation starts where training did
     plain = tok(T0_PROMPT + T0_TARGET, add_special_tokens=False).input_ids
     if arch == "llama":
@@ -103,9 +104,19 @@ def test_space_delimiter_goes_with_the_target(tokenizer):
     tok = TOKENIZERS[tokenizer]()
     model = model_with(tok, "llama", target_delimiter=" ")
     src, tgt, s_src, s_gold = trainer_and_scorer_ids(model)
-    assert (s_src, s_gold) == (src, tgt)
+    assert (s_src, s_gold + [tok.eos_token_id]) == (src, tgt)
     assert src == tok(EVAL_INPUT, add_special_tokens=False).input_ids
     assert src + tgt[:-1] == tok(EVAL_INPUT + " " + T0_TARGET, add_special_tokens=False).input_ids
+
+
+def test_decoder_only_scores_leave_out_the_trained_eos_and_seq2seq_keep_it():
+    tok = smollm2_tokenizer()
+    for seq2seq in (False, True):
+        enc = PromptEncoder(tok, PromptFormat(), seq2seq=seq2seq)
+        _, [trained] = enc.pair(EVAL_INPUT, ["positive"])
+        _, [scored] = enc.pair(EVAL_INPUT, ["positive"], scoring=True)
+        assert trained[-1] == tok.eos_token_id
+        assert scored == (trained if seq2seq else trained[:-1])
 
 
 def test_choices_share_the_input_and_eos_is_optional():
@@ -150,7 +161,8 @@ def test_training_rows_and_scored_rows_give_the_same_loss():
     task = Task("t", [Example(T0_PROMPT, T0_TARGET)])
     row = encode_tasks([task], PromptEncoder.for_model(model), 384, 32)[0][0]
     ids = torch.tensor([row.source + row.target])
-    labels = torch.tensor([[-100] * len(row.source) + row.target])
+    # the answer's tokens; the EOS training appends is not part of a decoder-only score
+    labels = torch.tensor([[-100] * len(row.source) + row.target[:-1] + [-100]])
     loss = model(input_ids=ids, labels=labels, codes=torch.tensor([[0, 1]])).token_loss_sum
     from ctr.scoring import RankScorer
     req = tokenize_request(model, EVAL_INPUT, CHOICES, code=[0, 1])
