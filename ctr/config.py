@@ -140,6 +140,9 @@ class TrainConfig:
     projection_lr_scale: float | None = opt(
         None, "lr multiplier for the encoder and decoder matrices (Adam moves a wide linear "
              "map's output by ~lr x fan-in per step; < 1 keeps codes stable)")
+    encoder_lr_scale: float | None = opt(
+        None, "lr multiplier for the encoder alone (default: --projection-lr-scale); with "
+              "--encoder-init spread a small one keeps each task on its code")
     min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -230,12 +233,14 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     # A few minutes of CPU with SmolLM2. The released code never updated its encoder; ours
     # does, and Adam at lr 1e-2 on a 576-wide projection moves codes by ~5 units a step
     # (VQ loss 6 -> 18 in 16 SmolLM2 steps); 0.01 x lr keeps it flat (results/lr_check.md).
+    # With the CPU recipe (CPU_MODEL) the encoder trains at 0.002 x lr so that a task stays on
+    # its code while the code values learn (results/stage1_diagnosis/).
     "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10,
-                       projection_lr_scale=0.01),
+                       projection_lr_scale=0.01, encoder_lr_scale=0.002),
                   2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10,
                        projection_lr_scale=1.0)},
     "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4,
-                      projection_lr_scale=0.01),
+                      projection_lr_scale=0.01, encoder_lr_scale=0.002),
                  2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2,
                       projection_lr_scale=1.0)},
     # Tests on tiny random models.

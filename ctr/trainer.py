@@ -104,14 +104,13 @@ def _model_dir(path: str) -> Path:
 
 def make_optimizer(model: CTRModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    projections = {"encoder", "decoder.weight"}
-    decay = [p for n, p in named if p.dim() >= 2 and n not in projections]
-    proj = [p for n, p in named if n in projections]
-    no_decay = [p for n, p in named if p.dim() < 2]  # biases and norms
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": proj, "weight_decay": cfg.weight_decay,
-               "lr": cfg.lr * cfg.projection_lr_scale},
-              {"params": no_decay, "weight_decay": 0.0}]
+    scales = {"encoder": cfg.projection_lr_scale if cfg.encoder_lr_scale is None else cfg.encoder_lr_scale,
+              "decoder.weight": cfg.projection_lr_scale}
+    groups = [{"params": [p for n, p in named if p.dim() >= 2 and n not in scales],
+               "weight_decay": cfg.weight_decay},
+              *({"params": [p for n, p in named if n == name], "weight_decay": cfg.weight_decay,
+                 "lr": cfg.lr * scale} for name, scale in scales.items()),
+              {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]  # biases, norms
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2))
 
@@ -130,7 +129,8 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 # --save-every or --mixed-precision, may change between the two).
 RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
                "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
-               "task_cap", "max_source_len", "max_target_len", "limit_examples", "code_length",
+               "task_cap", "encoder_lr_scale", "max_source_len", "max_target_len", "limit_examples",
+               "code_length",
                "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
                "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
                "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",

@@ -120,3 +120,17 @@ def test_spread_encoder_starts_every_task_on_a_code_with_values_used_evenly(n_ta
         assert (counts > 0).all()
     paper = make(encoder_init="random", codebook_init="vocab", decoder_init="identity")
     assert float(paper.quantizer(paper.encode_tasks(torch.arange(3))).loss.detach()) > 1e-2
+
+
+def test_encoder_lr_scale_sets_the_encoder_group_alone():
+    from ctr.trainer import make_optimizer
+    model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
+    model.freeze_backbone()
+    cfg = TrainConfig(preset="cpu-small")
+    lrs = {id(p): g["lr"] for g in make_optimizer(model, cfg).param_groups for p in g["params"]}
+    assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)
+    assert lrs[id(model.decoder.weight)] == pytest.approx(cfg.lr * 0.01)
+    assert lrs[id(model.quantizer.codebook)] == lrs[id(model.task_embedding.weight)] == cfg.lr
+    paper = TrainConfig(preset="paper")  # no encoder scale: the projection scale for both
+    lrs = {id(p): g["lr"] for g in make_optimizer(model, paper).param_groups for p in g["params"]}
+    assert lrs[id(model.encoder)] == lrs[id(model.decoder.weight)] == paper.lr

@@ -27,9 +27,14 @@ def backbone_state(path):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", ["llama", "t5"])
-def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file, tmp_path, arch):
-    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch)
+CPU_RECIPE = dict(codebook_init="vocab", decoder_init="identity", encoder_init="spread",
+                  codebook_lm_grad=True, encoder_lr_scale=0.002)
+
+
+@pytest.mark.parametrize("arch,recipe", [("llama", {}), ("t5", {}), ("llama", CPU_RECIPE)])
+def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file, tmp_path, arch,
+                                                           recipe):
+    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch, **recipe)
     torch.manual_seed(cfg.seed)
     from ctr.trainer import build_model, load_tasks
     init = build_model(cfg, load_tasks(cfg, verbose=False))
