@@ -103,8 +103,12 @@ def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
     """Restore optimizer and scheduler in place (the model is rebuilt from `path/model`
     with CTRModel.from_pretrained); returns the trainer state."""
     state = read_json(path / STATE_FILE)
-    optimizer.load_state_dict(optimizer_from_files(load_file(str(path / OPTIM_TENSORS)),
-                                                   state["optimizer"]))
+    saved = optimizer_from_files(load_file(str(path / OPTIM_TENSORS)), state["optimizer"])
+    if [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(f"--resume from {path}: its optimizer has other parameter groups than this "
+                         "version builds (a checkpoint of an older ctr?): resume it with that "
+                         "version, or use another --output-dir to start a new run")
+    optimizer.load_state_dict(saved)
     scheduler.load_state_dict(state["scheduler"])
     return state
 

@@ -141,8 +141,9 @@ class TrainConfig:
         None, "lr multiplier for the encoder and decoder matrices (Adam moves a wide linear "
              "map's output by ~lr x fan-in per step; < 1 keeps codes stable)")
     encoder_lr_scale: float | None = opt(
-        None, "lr multiplier for the encoder alone (default: --projection-lr-scale); with "
-              "--encoder-init spread a small one keeps each task on its code")
+        None, "lr multiplier for the encoder alone (default: 0.002 in stage 1 with --encoder-init "
+              "spread, which keeps each task on its code while the values learn; else "
+              "--projection-lr-scale)")
     min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -194,14 +195,24 @@ class TrainConfig:
         self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
+        if self.quantizer == "ema" and self.codebook_lm_grad:
+            raise ValueError("--codebook-lm-grad needs --quantizer plain (the EMA codebook is not "
+                             "trained by gradients)")
+        if self.quantizer == "ema" and self.codebook_lm_grad is None:
+            self.codebook_lm_grad = False  # the preset's recipe minus what EMA cannot do
         for k, v in {**MODEL_PRESETS[self.preset], **PRESETS[self.preset][self.stage]}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+        if self.encoder_lr_scale is None and self.encoder_init == "spread" and self.stage == 1:
+            self.encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
 
 
+# With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
+# on its code while the code values learn (results/stage1_diagnosis/).
+SPREAD_ENCODER_LR_SCALE = 0.002
 # Options of the CTR module that `ctr train` passes to CTRConfig as they are.
 MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
               "task_init", "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
@@ -233,14 +244,12 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     # A few minutes of CPU with SmolLM2. The released code never updated its encoder; ours
     # does, and Adam at lr 1e-2 on a 576-wide projection moves codes by ~5 units a step
     # (VQ loss 6 -> 18 in 16 SmolLM2 steps); 0.01 x lr keeps it flat (results/lr_check.md).
-    # With the CPU recipe (CPU_MODEL) the encoder trains at 0.002 x lr so that a task stays on
-    # its code while the code values learn (results/stage1_diagnosis/).
     "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10,
-                       projection_lr_scale=0.01, encoder_lr_scale=0.002),
+                       projection_lr_scale=0.01),
                   2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10,
                        projection_lr_scale=1.0)},
     "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4,
-                      projection_lr_scale=0.01, encoder_lr_scale=0.002),
+                      projection_lr_scale=0.01),
                  2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2,
                       projection_lr_scale=1.0)},
     # Tests on tiny random models.

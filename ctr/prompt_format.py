@@ -29,6 +29,7 @@ choice and training and scoring still agree.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -50,9 +51,13 @@ class PromptFormat:
         return cls(config.target_delimiter, config.target_eos)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
 def parse_delimiter(text: str) -> str:
-    """A delimiter as typed on a command line: backslash escapes ('\\n', '\\t') are read."""
-    return text.encode("utf-8").decode("unicode_escape") if "\\" in text else text
+    """A delimiter as typed on a command line: the escapes \\n, \\t, \\r and \\\\ are read;
+    any other character (accents included) stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -102,7 +107,7 @@ class PromptEncoder:
     def _truncate_source(self, ids: list[int], max_len: int | None) -> list[int]:
         """Keep the end of the input (the question sits there in most T0 prompts)."""
         if self.seq2seq:
-            return (ids[-(max_len - 1):] if max_len else ids) + [self.eos]
+            return (ids[max(0, len(ids) - max_len + 1):] if max_len else ids) + [self.eos]
         return ids[-max_len:] if max_len else ids
 
     def _finish_target(self, ids: list[int], max_len: int | None, scoring: bool = False) -> list[int]:

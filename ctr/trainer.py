@@ -32,7 +32,7 @@ from .checkpoint import latest_checkpoint, load_training_state, prune_checkpoint
 from .config import MODEL_KEYS, CTRConfig, TrainConfig
 from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
-from .modeling import CTRModel, find_model_dir
+from .modeling import CONFIG_FILE, CTRModel, find_model_dir
 from .prompt_format import PromptEncoder
 from .quantizer import code_usage
 
@@ -67,6 +67,25 @@ def description_vectors(backbone, tokenizer, tasks: list[Task]) -> torch.Tensor:
     return torch.stack(out)
 
 
+def continues_codes(cfg: TrainConfig) -> bool:
+    """Stage 2 from a stage-1 checkpoint: the CTR module goes on as stage 1 built it."""
+    return cfg.stage == 2 and bool(cfg.init_from) and not cfg.no_codes and not cfg.joint
+
+
+def adopt_model_options(cfg: TrainConfig) -> None:
+    """Stage 2 keeps the CTR module of --init-from as it is (its quantizer, losses and
+    gradient path): record those options in `cfg`, so that train_config.json, checkpoints
+    and --resume say what the model really does. Only the prompt format must match."""
+    saved = read_json(_model_dir(cfg.init_from) / CONFIG_FILE)
+    old = saved.get("target_delimiter", cfg.target_delimiter)
+    if old != cfg.target_delimiter:
+        raise ValueError(f"--target-delimiter {cfg.target_delimiter!r} differs from the {old!r} "
+                         f"that --init-from {cfg.init_from} was trained with: pass the same one")
+    for key in MODEL_KEYS:
+        if key in saved:
+            setattr(cfg, key, saved[key])
+
+
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
     if cfg.stage == 2 and not cfg.no_codes and not cfg.joint:
         if not cfg.init_from:
@@ -76,10 +95,6 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
         if [t.name for t in tasks] != model.config.task_names:
             raise ValueError(f"--init-from {cfg.init_from}: its tasks differ from the training data "
                              "(same --tasks / --max-tasks / --drop-single-answer as stage 1?)")
-        if model.config.target_delimiter != cfg.target_delimiter:
-            raise ValueError(f"--target-delimiter {cfg.target_delimiter!r} differs from the "
-                             f"{model.config.target_delimiter!r} that --init-from {cfg.init_from} "
-                             "was trained with: pass the same one")
         return model
     backbone, tok = load_backbone(cfg.model)
     ctr_cfg = CTRConfig(task_names=[t.name for t in tasks], use_codes=not cfg.no_codes,
@@ -141,7 +156,6 @@ def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> N
     """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
     (task ids would shift, or the schedule and batches would silently change)."""
     from .checkpoint import STATE_FILE
-    from .modeling import CONFIG_FILE
     saved = read_json(checkpoint / STATE_FILE).get("config") or {}
     problems = []
     for key in RESUME_KEYS:
@@ -195,6 +209,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     acc = make_accelerator(precision)
     torch.manual_seed(cfg.seed)
     tasks = tasks if tasks is not None else load_tasks(cfg, verbose=acc.is_main_process)
+    if continues_codes(cfg):
+        adopt_model_options(cfg)
 
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None and acc.is_main_process:

@@ -130,6 +130,9 @@ def test_choices_share_the_input_and_eos_is_optional():
     # truncation keeps the end of the input, with the delimiter
     short, _ = enc.pair(EVAL_INPUT, ["no"], max_source_len=3)
     assert short == src[-3:]
+    s2s = PromptEncoder(tok, PromptFormat(), seq2seq=True)
+    assert s2s.pair(EVAL_INPUT, ["no"], max_source_len=1)[0] == [tok.eos_token_id]
+    assert s2s.pair(EVAL_INPUT, ["no"], max_source_len=3)[0][-1] == tok.eos_token_id
 
 
 def test_the_rule_is_saved_with_the_checkpoint_and_read_back(tmp_path):
@@ -152,6 +155,8 @@ def test_train_flag_reads_escapes():
     assert TrainConfig(preset="tiny", target_delimiter="\\n\\n").target_delimiter == "\n\n"
     assert TrainConfig(preset="tiny", target_delimiter=" ").target_delimiter == " "
     assert parse_delimiter("Answer:\\t") == "Answer:\t"
+    assert parse_delimiter("R\u00e9ponse :\\n") == "R\u00e9ponse :\n"  # accents stay
+    assert parse_delimiter("x\\") == "x\\"  # a lone backslash stays
 
 
 def test_training_rows_and_scored_rows_give_the_same_loss():

@@ -128,9 +128,20 @@ def test_encoder_lr_scale_sets_the_encoder_group_alone():
     model.freeze_backbone()
     cfg = TrainConfig(preset="cpu-small")
     lrs = {id(p): g["lr"] for g in make_optimizer(model, cfg).param_groups for p in g["params"]}
-    assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)
+    assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)  # with --encoder-init spread
     assert lrs[id(model.decoder.weight)] == pytest.approx(cfg.lr * 0.01)
     assert lrs[id(model.quantizer.codebook)] == lrs[id(model.task_embedding.weight)] == cfg.lr
     paper = TrainConfig(preset="paper")  # no encoder scale: the projection scale for both
     lrs = {id(p): g["lr"] for g in make_optimizer(model, paper).param_groups for p in g["params"]}
     assert lrs[id(model.encoder)] == lrs[id(model.decoder.weight)] == paper.lr
+
+
+def test_ema_takes_the_cpu_recipe_without_the_codebook_gradient():
+    assert TrainConfig(preset="cpu-small", quantizer="ema").codebook_lm_grad is False
+    assert TrainConfig(preset="cpu-small").codebook_lm_grad is True
+    with pytest.raises(ValueError, match="--codebook-lm-grad needs --quantizer plain"):
+        TrainConfig(preset="cpu-small", quantizer="ema", codebook_lm_grad=True)
+    spread = TrainConfig(preset="cpu-small")
+    assert spread.encoder_lr_scale == 0.002
+    assert TrainConfig(preset="cpu-small", encoder_init="random").encoder_lr_scale is None
+    assert TrainConfig(preset="cpu-small", stage=2).encoder_lr_scale is None

@@ -83,8 +83,15 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_paths, task_fil
 
 def test_stage2_trains_backbone_and_saves_it(tiny_paths, task_file, tmp_path):
     s1 = train(cfg_for(tiny_paths, task_file, tmp_path / "s1"))
-    s2 = train(cfg_for(tiny_paths, task_file, tmp_path / "s2", stage=2, init_from=str(s1)))
+    s2 = train(cfg_for(tiny_paths, task_file, tmp_path / "s2", stage=2, init_from=str(s1),
+                       vq_weight=0.5, codebook_lm_grad=True))
     assert (s2 / "backbone" / "config.json").exists()
+    # stage 2 goes on with stage 1's module, and its train_config.json says so
+    recorded = json.loads((tmp_path / "s2" / "train_config.json").read_text())
+    assert (recorded["vq_weight"], recorded["codebook_lm_grad"]) == (1.0, False)
+    with pytest.raises(ValueError, match="target-delimiter"):
+        train(cfg_for(tiny_paths, task_file, tmp_path / "s2b", stage=2, init_from=str(s1),
+                      target_delimiter=" "))
     m1, m2 = CTRModel.from_pretrained(s1), CTRModel.from_pretrained(s2)
     changed = [k for k, v in m1.backbone.state_dict().items() if not torch.equal(v, m2.backbone.state_dict()[k])]
     assert changed
