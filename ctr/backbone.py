@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
+
+from .fileio import atomic_dir
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_ALIASES = {"smollm2", "default", "smollm2-135m-instruct", "SmolLM2-135M-Instruct"}
@@ -58,11 +59,9 @@ def smollm2_path() -> Path:
         del model.config.quantization_config
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, target)  # atomic: a half-written cache is never picked up
+    with atomic_dir(target) as tmp:  # a half-written cache is never picked up
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     print(f"[ctr] converted in {time.time() - t0:.1f}s", flush=True)
     return target
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .backbone import is_encoder_decoder, load_backbone
 from .batching import MixtureSampler, collate, encode_tasks
-from .checkpoint import latest_checkpoint, load_training_state, prune_checkpoints, save_checkpoint
+from .checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
+                         save_checkpoint)
 from .config import MODEL_KEYS, CTRConfig, TrainConfig
 from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
@@ -155,7 +156,6 @@ RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
     """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
     (task ids would shift, or the schedule and batches would silently change)."""
-    from .checkpoint import STATE_FILE
     saved = read_json(checkpoint / STATE_FILE).get("config") or {}
     problems = []
     for key in RESUME_KEYS:
