@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 demo: setup

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from ctr.config import TrainConfig
 
 
 def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
@@ -54,7 +54,7 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import summarize_run, train
+    from ctr.train.trainer import summarize_run, train
     cfg = dataclass_from_args(TrainConfig, args)
     from accelerate import PartialState
     final = train(cfg, stop_after=args.stop_after)
@@ -66,32 +66,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EvalConfig, run_eval
+    from ctr.inference.evaluate import EvalConfig, run_eval
     run_eval(dataclass_from_args(EvalConfig, args))
     return 0
 
 
 def cmd_zero_label(args: argparse.Namespace) -> int:
-    from .zero_label import ZeroLabelConfig, run_zero_label
+    from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
     run_zero_label(dataclass_from_args(ZeroLabelConfig, args))
     return 0
 
 
 def cmd_few_shot(args: argparse.Namespace) -> int:
-    from .few_shot import FewShotConfig, run_few_shot
+    from ctr.adapt.few_shot import FewShotConfig, run_few_shot
     run_few_shot(dataclass_from_args(FewShotConfig, args))
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig, run_audit
+    from ctr.adapt.audit import AuditConfig, run_audit
     run_audit(dataclass_from_args(AuditConfig, args))
     return 0
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
     """Print the code table of a checkpoint."""
-    from .fileio import read_json
+    from ctr.fileio import read_json
     path = Path(args.checkpoint)
     for cand in (path / "final", path / "model", path):
         if (cand / "code_table.json").exists():
@@ -104,7 +104,7 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import AnalyzeConfig, run_analysis
+    from ctr.analysis.report import AnalyzeConfig, run_analysis
     cfg = dataclass_from_args(AnalyzeConfig, args)
     if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
         if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
@@ -115,13 +115,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import GenerateConfig, run_generate
+    from ctr.inference.generation import GenerateConfig, run_generate
     run_generate(dataclass_from_args(GenerateConfig, args))
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthConfig, run_synth
+    from ctr.experiments.synth import SynthConfig, run_synth
     run_synth(dataclass_from_args(SynthConfig, args))
     return 0
 
@@ -135,20 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None,
                    help="end this call after N steps without a final save (time-sliced jobs)")
     p.set_defaults(func=cmd_train)
-    from .evaluate import EvalConfig
+    from ctr.inference.evaluate import EvalConfig
     p = sub.add_parser("eval", help="T0-style rank-classification evaluation",
                        )
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
-    from .few_shot import FewShotConfig
-    from .zero_label import ZeroLabelConfig
+    from ctr.adapt.few_shot import FewShotConfig
+    from ctr.adapt.zero_label import ZeroLabelConfig
     p = sub.add_parser("zero-label", help="Code Ensemble: pick a training code without labels")
     add_dataclass_args(p, ZeroLabelConfig)
     p.set_defaults(func=cmd_zero_label)
     p = sub.add_parser("few-shot", help="Bitwise Search from k labelled shots (+ baselines)")
     add_dataclass_args(p, FewShotConfig)
     p.set_defaults(func=cmd_few_shot)
-    from .audit import AuditConfig
+    from ctr.adapt.audit import AuditConfig
     p = sub.add_parser("audit", help="selection-protocol audit: ours vs the authors' "
                                      "(selection on evaluation examples and gold labels)")
     add_dataclass_args(p, AuditConfig)
@@ -156,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
-    from .analysis import AnalyzeConfig
+    from ctr.analysis.report import AnalyzeConfig
     p = sub.add_parser("analyze", help="what the codes mean: usage, association with task "
                                        "types, distances, figures (+ --steer experiment)")
     p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
                    help="CTR checkpoint (run folder, final/ or model folder)")
     add_dataclass_args(p, AnalyzeConfig)
     p.set_defaults(func=cmd_analyze)
-    from .generation import GenerateConfig
+    from ctr.inference.generation import GenerateConfig
     p = sub.add_parser("generate", help="generate text under a code (--code or --task)")
     add_dataclass_args(p, GenerateConfig)
     # aliases: --model for --checkpoint, and a repeatable --input TEXT
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=argparse.SUPPRESS,
                    help="an input text; repeat for a batch")
     p.set_defaults(func=cmd_generate)
-    from .synth import SynthConfig
+    from ctr.experiments.synth import SynthConfig
     p = sub.add_parser("synth", help="synthetic compositional suite: train a tiny model from "
                                      "scratch, test codes on held-out combinations")
     add_dataclass_args(p, SynthConfig)

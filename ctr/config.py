@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .prompt_format import parse_delimiter
 
 QUANTIZERS = ("plain", "ema")
 CODEBOOK_INITS = ("uniform", "vocab")
@@ -19,6 +19,15 @@ DECODER_INITS = ("random", "identity")
 ENCODER_INITS = ("random", "spread")
 PLACEMENTS = ("prefix",)
 TASK_INITS = ("random", "description")
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def parse_delimiter(text: str) -> str:
+    """A delimiter as typed on a command line: the escapes \\n, \\t, \\r and \\\\ are read;
+    any other character (accents included) stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -68,9 +77,9 @@ class CTRConfig:
     use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
     target_delimiter: str = opt(
         "\n", "text joining an input and its target for decoder-only backbones (see "
-              "ctr.prompt_format); training, scoring, search and generation all read it from here")
+              "ctr.core.prompt_format); training, scoring, search and generation all read it from here")
     target_eos: bool = opt(True, "training targets end with EOS (seq2seq answer choices are "
-                                 "scored with it, decoder-only ones without: ctr.prompt_format)")
+                                 "scored with it, decoder-only ones without: ctr.core.prompt_format)")
     backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
     backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
 

@@ -17,12 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .data import data_dir, read_manifest
-from .evaluate import PAPER_REFERENCE, EvalConfig, evaluate, load_for_eval
-from .few_shot import FewShotConfig, run_few_shot
-from .trainer import summarize_run, train
-from .zero_label import ZeroLabelConfig, run_zero_label
+from ctr.config import TrainConfig
+from ctr.tasks.mixture import data_dir, read_manifest
+from ctr.inference.evaluate import PAPER_REFERENCE, EvalConfig, evaluate, load_for_eval
+from ctr.adapt.few_shot import FewShotConfig, run_few_shot
+from ctr.train.trainer import summarize_run, train
+from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
 
 EXAMPLES, TEMPLATES = 40, 3
 

@@ -14,8 +14,8 @@ import statistics
 from pathlib import Path
 
 from compile_results import audit_log_rows  # scripts/ is on sys.path
-from ctr.audit import audit_table
-from ctr.eval_tasks import get_task, list_tasks
+from ctr.adapt.audit import audit_table
+from ctr.tasks.registry import get_task, list_tasks
 
 FOLDERS = {"H100": Path("runs/gpu_h100/audit"), "CPU": Path("runs/audit_cpu_gpucodebook")}
 old_log = Path("runs/gpu/log_audit.txt")

@@ -52,7 +52,7 @@ def main() -> None:
         "`--preset cpu-small` as it was then, i.e. the paper's CTR module with the projections "
         "at 0.01 x lr; 50 examples x first 2 templates, median %). Before: the old scorer "
         "(stripped input + `\" \"` + choice, where training saw `\"\\n\"` + target). After: one "
-        "rule for training and scoring (`ctr/prompt_format.py`; decoder-only answers scored "
+        "rule for training and scoring (`ctr/core/prompt_format.py`; decoder-only answers scored "
         "without the EOS training appends). `-`: not rerun in this session (CPU time).\n\n"
         + table + "\n\n" + ("Codes picked without labels (after):\n\n" + "\n".join(picked) + "\n\n" if picked else "")
         + f"Command: steps 1 and 7 of `scripts/results_smollm2.sh` with `R=runs_fmt` "

@@ -6,7 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ctr.evaluate import PAPER_REFERENCE
+from ctr.inference.evaluate import PAPER_REFERENCE
 
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs")
 out = Path("results")

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ctr.backbone import load_backbone  # noqa: E402
-from ctr.batching import MixtureSampler, collate, encode_tasks  # noqa: E402
+from ctr.core.backbone import load_backbone  # noqa: E402
+from ctr.train.batching import MixtureSampler, collate, encode_tasks  # noqa: E402
 from ctr.config import CTRConfig, TrainConfig  # noqa: E402
-from ctr.modeling import CTRModel  # noqa: E402
-from ctr.quantizer import code_usage  # noqa: E402
-from ctr.trainer import load_tasks, lr_lambda  # noqa: E402
+from ctr.core.model import CTRModel  # noqa: E402
+from ctr.core.quantizer import code_usage  # noqa: E402
+from ctr.train.trainer import load_tasks, lr_lambda  # noqa: E402
 
 TASKS = ([f"amazon_polarity_{t}" for t in (
     "Is_this_product_review_positive", "Is_this_review", "Is_this_review_negative",
@@ -69,8 +69,8 @@ def setup(args):
 
 
 def batches(cfg, tasks, tok):
-    try:  # the one-prompt-format API (ctr.prompt_format), when present
-        from ctr.prompt_format import PromptEncoder, PromptFormat
+    try:  # the one-prompt-format API (ctr.core.prompt_format), when present
+        from ctr.core.prompt_format import PromptEncoder, PromptFormat
         encoded = encode_tasks(tasks, PromptEncoder(tok, PromptFormat(), False),
                                cfg.max_source_len, cfg.max_target_len)
     except ImportError:
@@ -358,12 +358,12 @@ def full_train_loss(model, get, prompts, args):
 
 # ---------------------------------------------------------------------------------------
 def evaluate_prompts(args):
-    from ctr.eval_tasks import get_task, render_prompts
-    from ctr.evaluate import EvalConfig, evaluate
-    from ctr.scoring import RankScorer, tokenize_request
-    from ctr.splits import unlabeled_inputs
-    from ctr.templates import RenderError
-    from ctr.zero_label import ZeroLabelConfig, selection_templates
+    from ctr.tasks.registry import get_task, render_prompts
+    from ctr.inference.evaluate import EvalConfig, evaluate
+    from ctr.inference.scoring import RankScorer, tokenize_request
+    from ctr.tasks.splits import unlabeled_inputs
+    from ctr.tasks.templates import RenderError
+    from ctr.adapt.zero_label import ZeroLabelConfig, selection_templates
     torch.set_num_threads(args.threads)
     backbone, tok = load_backbone(args.model)
     model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=args.model), tok)

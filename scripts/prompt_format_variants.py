@@ -2,10 +2,10 @@
 which delimiter, and whether the EOS that training appends is scored (results/prompt_format/)."""
 import json, sys, torch
 torch.set_num_threads(1)
-from ctr.backbone import load_backbone
+from ctr.core.backbone import load_backbone
 from ctr.config import CTRConfig
-from ctr.modeling import CTRModel
-from ctr.evaluate import EvalConfig, evaluate
+from ctr.core.model import CTRModel
+from ctr.inference.evaluate import EvalConfig, evaluate
 bb, tok = load_backbone("smollm2")
 out = {}
 for delim, eos in [("\n", True), ("\n", False), (" ", True), (" ", False)]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr.testing import save_tiny_backbone
+from ctr.core.testing import save_tiny_backbone
 
 
 @pytest.fixture(scope="session")

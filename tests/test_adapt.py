@@ -8,14 +8,14 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from ctr.bitwise_search import Shot, ShotObjective, bitwise_search, reference_search
+from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search, reference_search
 from ctr.config import CTRConfig
-from ctr.data import data_dir
-from ctr.evaluate import EvalConfig, evaluate
-from ctr.modeling import CTRModel
-from ctr.prompt_tuning import tune_prompt
-from ctr.scoring import RankScorer, ScoreRequest
-from ctr.testing import tiny_backbone
+from ctr.tasks.mixture import data_dir
+from ctr.inference.evaluate import EvalConfig, evaluate
+from ctr.core.model import CTRModel
+from ctr.adapt.prompt_tuning import tune_prompt
+from ctr.inference.scoring import RankScorer, ScoreRequest
+from ctr.core.testing import tiny_backbone
 
 L, K = 4, 8
 
@@ -173,7 +173,7 @@ def test_search_on_a_real_model_ends_in_a_local_optimum_from_the_best_start():
 # ---- shots, splits and the zero-label path on the real data ---------------------------
 def test_few_shot_shots_are_balanced_seeded_and_disjoint_from_eval():
     need_data()
-    from ctr.splits import few_shot
+    from ctr.tasks.splits import few_shot
     s = few_shot("super_glue_rte", 8, seed=1)
     assert s.source == "train" and s.exclude == []
     assert Counter(e.label for e in s.examples) == Counter({0: 4, 1: 4})
@@ -194,9 +194,9 @@ class _NoLabels(dict):
 def test_zero_label_selection_never_reads_labels(task, monkeypatch, tmp_path):
     need_data()
     data = str(small_data_dir(tmp_path / "data", {task: 40}))  # small enough to evaluate whole
-    import ctr.splits as splits
-    from ctr.eval_tasks import TaskExample
-    from ctr.zero_label import ZeroLabelConfig, candidate_codes, select_code
+    import ctr.tasks.splits as splits
+    from ctr.tasks.registry import TaskExample
+    from ctr.adapt.zero_label import ZeroLabelConfig, candidate_codes, select_code
     real = splits.load_examples
 
     def unlabeled(*a, **k):
@@ -237,7 +237,7 @@ class _ScriptedScorer:
         self.script = {tuple(c): p for c, p in script.items()}
 
     def score(self, reqs):
-        from ctr.scoring import ChoiceScores
+        from ctr.inference.scoring import ChoiceScores
         seen = Counter()
         out = []
         for r in reqs:
@@ -261,7 +261,7 @@ def test_degenerate_candidates_are_dropped_from_predictions_alone():
     pseudo-labels and win; above it they neither vote nor win, and the agreements are
     the exact counts against the informative majority."""
     need_data()
-    from ctr.zero_label import ZeroLabelConfig, select_code
+    from ctr.adapt.zero_label import ZeroLabelConfig, select_code
     model = ctr_model()
     script = {**_DEGENERATE, **_INFORMATIVE}
     candidates = [(list(c), [f"task{i}"]) for i, c in enumerate(script)]
@@ -302,7 +302,7 @@ def test_prompt_tuning_lowers_shot_loss_and_leaves_the_model_alone(arch):
 
 
 def test_few_shot_table_is_computed_from_the_runs():
-    from ctr.few_shot import few_shot_table
+    from ctr.adapt.few_shot import few_shot_table
 
     def run(medians):
         return {"tasks": {t: {"median": m} for t, m in medians.items()}}
@@ -321,7 +321,7 @@ def test_few_shot_table_is_computed_from_the_runs():
 def train_tiny_run(run, tiny_paths, task_file):
     """A stage-1 run of the tiny llama on the small task file (codes L x K)."""
     from ctr.config import TrainConfig
-    from ctr.trainer import train
+    from ctr.train.trainer import train
     train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
                       train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
     return run
@@ -364,7 +364,7 @@ def test_cli_zero_label_and_few_shot_end_to_end(tiny_paths, task_file, tmp_path,
 # ---- selection data never reaches evaluation --------------------------------------------
 def saved_checkpoint(path, tiny_paths):
     """A CTR checkpoint of the tiny llama (random codes, no training): for the CLI."""
-    from ctr.backbone import load_backbone
+    from ctr.core.backbone import load_backbone
     backbone, tok = load_backbone(str(tiny_paths["llama"]))
     torch.manual_seed(0)
     cfg = CTRConfig(code_length=L, codebook_size=K, task_names=[f"t{i}" for i in range(3)],
@@ -377,7 +377,7 @@ def small_data_dir(root, n_rows: dict[str, int]):
     """A copy of the real data folder with the first n rows of each task's splits (and
     its templates): small enough to evaluate whole."""
     import shutil
-    from ctr.eval_tasks import get_task
+    from ctr.tasks.registry import get_task
     src = data_dir()
     for name, n in n_rows.items():
         task = get_task(name)
@@ -395,7 +395,7 @@ def test_eval_with_a_zero_label_codes_file_keeps_its_selection_examples_out(tiny
     --codes-file codes.json`, with no --exclude-indices, must not score them."""
     need_data()
     from ctr.cli import main
-    from ctr.eval_tasks import load_examples
+    from ctr.tasks.registry import load_examples
     data = str(small_data_dir(tmp_path / "data", {"anli_r1": 30, "super_glue_cb": 12}))
     run = saved_checkpoint(tmp_path / "ckpt", tiny_paths)
     zl = tmp_path / "zl"
@@ -433,11 +433,11 @@ def test_eval_with_a_zero_label_codes_file_keeps_its_selection_examples_out(tiny
 def test_every_codes_file_reader_takes_both_formats(tmp_path):
     """codes.json now carries its exclusions; every reader of codes files reads it, and
     still reads an older plain {task: code} file (which excludes nothing)."""
-    from ctr.analysis import read_adapted_codes
-    from ctr.evaluate import codes_for_tasks, eval_exclusions
+    from ctr.analysis.report import read_adapted_codes
+    from ctr.inference.evaluate import codes_for_tasks, eval_exclusions
     from ctr.fileio import codes_file_content, read_codes_file, write_json
-    from ctr.generation import GenerateConfig, resolve_code
-    from ctr.zero_label import candidate_codes
+    from ctr.inference.generation import GenerateConfig, resolve_code
+    from ctr.adapt.zero_label import candidate_codes
     model = ctr_model()
     codes = {"anli_r1": [1, 2, 3, 4], "super_glue_cb": [0, 0, 7, 7]}
     new, old = tmp_path / "new.json", tmp_path / "old.json"
@@ -459,11 +459,11 @@ def test_every_codes_file_reader_takes_both_formats(tmp_path):
 
 
 def _hide_eval_labels(monkeypatch):
-    """Evaluation examples reach the selection code (ctr.splits, ctr.eval_tasks) without
-    labels: any read fails. `ctr.evaluate` keeps its own loader, to score at the end."""
-    import ctr.eval_tasks as eval_tasks
-    import ctr.splits as splits
-    from ctr.eval_tasks import TaskExample
+    """Evaluation examples reach the selection code (ctr.tasks.splits, ctr.tasks.registry) without
+    labels: any read fails. `ctr.inference.evaluate` keeps its own loader, to score at the end."""
+    import ctr.tasks.registry as eval_tasks
+    import ctr.tasks.splits as splits
+    from ctr.tasks.registry import TaskExample
     real = eval_tasks.load_examples
 
     def hidden(task, split="eval", *a, **k):
@@ -481,9 +481,9 @@ def test_few_shot_and_prompt_tuning_judge_templates_without_evaluation_labels(ti
     """Template usability for the search and for prompt tuning is judged on the shots (CB:
     train split), never on labelled evaluation examples."""
     need_data()
-    from ctr.eval_tasks import usable_templates
-    from ctr.few_shot import FewShotConfig, run_few_shot
-    from ctr.splits import few_shot
+    from ctr.tasks.registry import usable_templates
+    from ctr.adapt.few_shot import FewShotConfig, run_few_shot
+    from ctr.tasks.splits import few_shot
     run = saved_checkpoint(tmp_path / "ckpt", tiny_paths)
     shots = few_shot("super_glue_cb", 4, seed=0).examples
     expected = [t.name for t in usable_templates("super_glue_cb", examples=shots).usable][:2]

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from ctr.analysis import (analyze_table, average_linkage, concentrated_values, contingency,
+from ctr.analysis.report import (analyze_table, average_linkage, concentrated_values, contingency,
                           hamming_matrix, label_values, mutual_information, nearest_codes,
                           perplexity, position_association, purity, type_distance_summary,
                           usage_counts)
 from ctr.cli import main
 from ctr.config import TrainConfig
-from ctr.steering import bootstrap_ci, in_choices, paired_effect, random_controls, steer_positions
-from ctr.trainer import train
+from ctr.analysis.steering import bootstrap_ci, in_choices, paired_effect, random_controls, steer_positions
+from ctr.train.trainer import train
 
 # Two "qa" tasks (A1, A2) and three "sum" tasks (B1, B2, C1), deliberately interleaved.
 NAMES = ["B1", "A1", "C1", "A2", "B2"]

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from ctr.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
-from ctr.zero_label import AdaptCommon, ZeroLabelConfig
+from ctr.adapt.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
+from ctr.adapt.zero_label import AdaptCommon, ZeroLabelConfig
 from test_adapt import ctr_model, need_data, train_tiny_run  # tests/ is on sys.path under pytest
 
 
@@ -24,9 +24,9 @@ def test_authors_protocol_is_never_the_default():
 
 def test_default_selection_never_reaches_the_authors_code(monkeypatch):
     need_data()
-    import ctr.zero_label as zl
-    from ctr.few_shot import FewShotConfig, adapt_task
-    from ctr.scoring import RankScorer
+    import ctr.adapt.zero_label as zl
+    from ctr.adapt.few_shot import FewShotConfig, adapt_task
+    from ctr.inference.scoring import RankScorer
 
     def forbidden(*a, **k):
         raise AssertionError("authors' protocol used without --protocol authors")

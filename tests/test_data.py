@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from ctr.batching import Encoded, MixtureSampler, collate
-from ctr.data import data_dir, load_jsonl_tasks, load_t0_tasks
+from ctr.train.batching import Encoded, MixtureSampler, collate
+from ctr.tasks.mixture import data_dir, load_jsonl_tasks, load_t0_tasks
 
 
 def _t0_root():

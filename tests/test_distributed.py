@@ -19,18 +19,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ctr.batching import MixtureSampler
+from ctr.train.batching import MixtureSampler
 from ctr.config import CTRConfig, TrainConfig
-from ctr.modeling import CTRModel
-from ctr.testing import tiny_backbone
-from ctr.trainer import build_model, load_tasks, train
+from ctr.core.model import CTRModel
+from ctr.core.testing import tiny_backbone
+from ctr.train.trainer import build_model, load_tasks, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = """
 import json, sys
 from ctr.cli import main
 from ctr.config import TrainConfig
-from ctr.trainer import train
+from ctr.train.trainer import train
 for run in json.load(open(sys.argv[1])):
     if "argv" in run:
         assert main(run["argv"]) == 0

@@ -7,10 +7,10 @@ import pytest
 
 from ctr.cli import main
 from ctr.config import CTRConfig
-from ctr.data import data_dir
-from ctr.evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
-from ctr.modeling import CTRModel
-from ctr.testing import tiny_backbone
+from ctr.tasks.mixture import data_dir
+from ctr.inference.evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
+from ctr.core.model import CTRModel
+from ctr.core.testing import tiny_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -65,9 +65,9 @@ def test_accuracy_counts_predictions_that_match_the_gold_choice(tiny_paths):
     the shares of gold labels 1 and 0 among each template's rendered examples, and the
     median and mean over templates."""
     import statistics
-    from ctr.eval_tasks import get_task, load_examples, render_task, select_templates, task_templates
-    from ctr.evaluate import score_templates
-    from ctr.scoring import ChoiceScores
+    from ctr.tasks.registry import get_task, load_examples, render_task, select_templates, task_templates
+    from ctr.inference.evaluate import score_templates
+    from ctr.inference.scoring import ChoiceScores
 
     class Scripted:
         def score(self, reqs):  # choice 1 has the best sum, choice 0 the best mean over 100 tokens

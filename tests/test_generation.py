@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from ctr.backbone import load_backbone
+from ctr.core.backbone import load_backbone
 from ctr.cli import main
 from ctr.config import CTRConfig
-from ctr.generation import encode_texts, eos_ids, generate_ids_with_codes, generate_with_codes
-from ctr.modeling import CTRModel
-from ctr.testing import tiny_backbone
+from ctr.inference.generation import encode_texts, eos_ids, generate_ids_with_codes, generate_with_codes
+from ctr.core.model import CTRModel
+from ctr.core.testing import tiny_backbone
 
 L, K = 3, 8
 TEXTS = ["word: cat", "a longer input: tree", "sun", "word: fish and rock"]

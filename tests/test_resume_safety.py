@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import ctr.fileio as fileio
-from ctr.bitwise_search import Shot, ShotObjective, bitwise_search
-from ctr.checkpoint import latest_checkpoint
+from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
+from ctr.train.checkpoint import latest_checkpoint
 from ctr.config import CTRConfig, TrainConfig
 from ctr.fileio import atomic_dir, complete_dir, read_jsonl
-from ctr.modeling import CTRModel
-from ctr.scoring import RankScorer
-from ctr.testing import tiny_backbone
-from ctr.trainer import train
+from ctr.core.model import CTRModel
+from ctr.inference.scoring import RankScorer
+from ctr.core.testing import tiny_backbone
+from ctr.train.trainer import train
 
 L, K = 4, 8
 
@@ -100,7 +100,7 @@ def test_corrupt_middle_line_is_a_clear_error(tmp_path):
     p.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: corrupt JSON line"):
         read_jsonl(p)
-    from ctr.trainer import _truncate_metrics
+    from ctr.train.trainer import _truncate_metrics
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
         _truncate_metrics(p, 3)
     traj = tmp_path / "trajectory.jsonl"
@@ -423,9 +423,9 @@ def test_latest_checkpoint_falls_back_to_the_newest_complete_one(tiny_paths, run
 
 # ---- empty shots -----------------------------------------------------------------------
 def test_empty_shots_or_holdout_are_errors(tmp_path):
-    from ctr.few_shot import FewShotConfig, adapt_task
-    from ctr.splits import AdaptSplit
-    from ctr.zero_label import candidate_codes
+    from ctr.adapt.few_shot import FewShotConfig, adapt_task
+    from ctr.tasks.splits import AdaptSplit
+    from ctr.adapt.zero_label import candidate_codes
     with pytest.raises(ValueError, match="no shots"):
         ShotObjective(None, [])
     model = tiny_ctr()
@@ -443,13 +443,13 @@ def test_empty_shots_or_holdout_are_errors(tmp_path):
 
 def test_adapt_task_trajectory_is_tied_to_the_checkpoint(tmp_path, capsys):
     try:
-        from ctr.data import data_dir
+        from ctr.tasks.mixture import data_dir
         data_dir()
     except FileNotFoundError as e:
         pytest.skip(f"held-out data not available: {e}")
-    from ctr.few_shot import FewShotConfig, adapt_task
-    from ctr.splits import few_shot
-    from ctr.zero_label import candidate_codes
+    from ctr.adapt.few_shot import FewShotConfig, adapt_task
+    from ctr.tasks.splits import few_shot
+    from ctr.adapt.zero_label import candidate_codes
     split = few_shot("super_glue_cb", 3, seed=0)
     model = tiny_ctr()
     table = model.code_table()

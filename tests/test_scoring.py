@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from ctr.config import CTRConfig
-from ctr.modeling import CTRModel
-from ctr.scoring import RankScorer, ScoreRequest
-from ctr.testing import tiny_backbone
+from ctr.core.model import CTRModel
+from ctr.inference.scoring import RankScorer, ScoreRequest
+from ctr.core.testing import tiny_backbone
 
 ARCHS = ["llama", "t5"]
 

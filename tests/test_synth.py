@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ctr import synth_tasks as st
+from ctr.experiments import synth_tasks as st
 from ctr.cli import main
-from ctr.synth import SynthConfig, build_suite, run_synth
+from ctr.experiments.synth import SynthConfig, build_suite, run_synth
 
 
 def primitives_of(combos):
@@ -111,7 +111,7 @@ def test_quick_run_learns_training_tasks_and_search_beats_random(tmp_path):
 
 
 def test_factors_file_must_cover_every_task(tmp_path):
-    from ctr.analysis import read_factors
+    from ctr.analysis.report import read_factors
     path = tmp_path / "factors.json"
     path.write_text(json.dumps({"a": {"sel": "odd", "tf": "rev"}, "b": {"sel": "first3"}}))
     assert read_factors(str(path), ["a"]) == {"sel": ["odd"], "tf": ["rev"]}

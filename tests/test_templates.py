@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr.eval_tasks import (
+from ctr.tasks.registry import (
     DATA_ENV_VAR,
     EvalTask,
     data_dir,
@@ -24,7 +24,7 @@ from ctr.eval_tasks import (
     task_templates,
     usable_templates,
 )
-from ctr.templates import (
+from ctr.tasks.templates import (
     PromptTemplate,
     RenderError,
     SkipReason,

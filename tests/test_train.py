@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from ctr.cli import main
 from ctr.config import TrainConfig
-from ctr.modeling import CTRModel
-from ctr.trainer import TrainingDiverged, train
+from ctr.core.model import CTRModel
+from ctr.train.trainer import TrainingDiverged, train
 
 
 def cfg_for(tiny_paths, task_file, out, arch="llama", **kw):
@@ -22,7 +22,7 @@ def cfg_for(tiny_paths, task_file, out, arch="llama", **kw):
 
 
 def backbone_state(path):
-    from ctr.backbone import load_backbone
+    from ctr.core.backbone import load_backbone
     model, _ = load_backbone(str(path))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -36,7 +36,7 @@ def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file
                                                            recipe):
     cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch, **recipe)
     torch.manual_seed(cfg.seed)
-    from ctr.trainer import build_model, load_tasks
+    from ctr.train.trainer import build_model, load_tasks
     init = build_model(cfg, load_tasks(cfg, verbose=False))
     before = {k: v.clone() for k, v in init.ctr_state_dict().items()}
     final = train(cfg)
@@ -149,7 +149,7 @@ def test_cli_reports_bad_input(tiny_paths, tmp_path, capsys):
 
 
 def test_no_codes_baseline_trains_the_backbone_and_loads_for_eval(tiny_paths, task_file, tmp_path):
-    from ctr.evaluate import load_for_eval
+    from ctr.inference.evaluate import load_for_eval
     final = train(cfg_for(tiny_paths, task_file, tmp_path / "mt", stage=2, no_codes=True))
     model = load_for_eval(str(tmp_path / "mt"))
     assert not model.config.use_codes and model.config.backbone_trained

@@ -5,7 +5,7 @@
 The mix: the first `--per-task` evaluation examples of each of the 11 held-out T0 tasks,
 each rendered with its task's first usable original-task template. The naive scorer runs
 one full forward per (example, choice), concatenating input and choice, with
-full-vocabulary logits; the harness (ctr.scoring.RankScorer) processes each input once.
+full-vocabulary logits; the harness (ctr.inference.scoring.RankScorer) processes each input once.
 Last line: `score_speedup=<naive time / harness time> same_predictions=<true|false>`.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..eval_tasks import list_tasks, load_examples, render_task, usable_templates
-from ..evaluate import hardware, load_for_eval
-from ..scoring import RankScorer, ScoreRequest, tokenize_request
+from ctr.tasks.registry import list_tasks, load_examples, render_task, usable_templates
+from ctr.inference.evaluate import hardware, load_for_eval
+from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
 
 
 @torch.no_grad()

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import default_device, load_backbone
-from ..batching import Encoded, collate
-from ..bitwise_search import ShotObjective, bitwise_search
-from ..config import CTRConfig
-from ..eval_tasks import get_task, render_task
-from ..evaluate import hardware, load_for_eval
-from ..few_shot import make_shots
-from ..modeling import CTRModel
-from ..scoring import RankScorer
-from ..splits import few_shot
-from ..zero_label import AdaptCommon, selection_templates
+from ctr.core.backbone import default_device, load_backbone
+from ctr.train.batching import Encoded, collate
+from ctr.adapt.bitwise_search import ShotObjective, bitwise_search
+from ctr.config import CTRConfig
+from ctr.tasks.registry import get_task, render_task
+from ctr.inference.evaluate import hardware, load_for_eval
+from ctr.adapt.few_shot import make_shots
+from ctr.core.model import CTRModel
+from ctr.inference.scoring import RankScorer
+from ctr.tasks.splits import few_shot
+from ctr.adapt.zero_label import AdaptCommon, selection_templates
 
 
 def reference_objective(model: CTRModel, texts: list[tuple[str, str]], seq2seq: bool,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import is_encoder_decoder, load_backbone
-from ..batching import Encoded, collate
-from ..config import CTRConfig
-from ..data import load_t0_tasks
-from ..modeling import CTRModel
+from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.train.batching import Encoded, collate
+from ctr.config import CTRConfig
+from ctr.tasks.mixture import load_t0_tasks
+from ctr.core.model import CTRModel
 
 
 def make_rows(tok, batch: int, source_len: int, seq2seq: bool) -> list[Encoded]:

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from .data import Task
-from .modeling import IGNORE
-from .prompt_format import PromptEncoder
+from ctr.tasks.mixture import Task
+from ctr.core.model import IGNORE
+from ctr.core.prompt_format import PromptEncoder
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Encoded:
 
 def encode_tasks(tasks: list[Task], encoder: PromptEncoder, max_source_len: int,
                  max_target_len: int) -> list[list[Encoded]]:
-    """Tokenise every example once, by the model's prompt format (`ctr.prompt_format`):
+    """Tokenise every example once, by the model's prompt format (`ctr.core.prompt_format`):
     sources keep their end (the question sits there in most T0 prompts); targets keep
     their start and end with EOS."""
     out = []

@@ -18,17 +18,17 @@ from typing import Any, Literal
 
 import torch
 
-from .authors_protocol import (authors_gold_indices, check_protocol, distribution_distance,
+from ctr.adapt.authors_protocol import (authors_gold_indices, check_protocol, distribution_distance,
                                gold_distribution, label_balanced_eval)
-from .config import opt
-from .eval_tasks import (get_task, list_tasks, render_prompts, select_templates, task_templates,
+from ctr.config import opt
+from ctr.tasks.registry import (get_task, list_tasks, render_prompts, select_templates, task_templates,
                          usable_templates)
-from .evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
-from .fileio import codes_file_content, read_codes_file, write_json
-from .modeling import CTRModel
-from .scoring import RankScorer, ScoreRequest, tokenize_request
-from .splits import AdaptSplit, few_shot, unlabeled_inputs
-from .templates import RenderError
+from ctr.inference.evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
+from ctr.fileio import codes_file_content, read_codes_file, write_json
+from ctr.core.model import CTRModel
+from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
+from ctr.tasks.splits import AdaptSplit, few_shot, unlabeled_inputs
+from ctr.tasks.templates import RenderError
 
 
 @dataclass

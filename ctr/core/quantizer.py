@@ -27,7 +27,7 @@ from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 from vector_quantize_pytorch.vector_quantize_pytorch import batched_sample_vectors, kmeans, noop
 
-from .config import CTRConfig
+from ctr.config import CTRConfig
 
 
 @dataclass

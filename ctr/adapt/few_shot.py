@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from .bitwise_search import Shot, ShotObjective, bitwise_search
-from .config import opt
-from .eval_tasks import get_task, render_task
-from .evaluate import PAPER_REFERENCE, evaluate
-from .fileio import codes_file_content, write_json
-from .modeling import CTRModel
-from .prompt_tuning import tune_prompt
-from .scoring import RankScorer, tokenize_request
-from .splits import AdaptSplit
-from .zero_label import AdaptCommon, prepare_adaptation, selection_templates
+from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
+from ctr.config import opt
+from ctr.tasks.registry import get_task, render_task
+from ctr.inference.evaluate import PAPER_REFERENCE, evaluate
+from ctr.fileio import codes_file_content, write_json
+from ctr.core.model import CTRModel
+from ctr.adapt.prompt_tuning import tune_prompt
+from ctr.inference.scoring import RankScorer, tokenize_request
+from ctr.tasks.splits import AdaptSplit
+from ctr.adapt.zero_label import AdaptCommon, prepare_adaptation, selection_templates
 
 
 @dataclass
@@ -84,8 +84,8 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
     values = seen_values(candidates, L) if cfg.values == "seen" else [list(range(K))] * L
     t0 = time.time()
     # a trajectory is replayed only for the same shots, objective and checkpoint
-    from .bitwise_search import fingerprint
-    from .modeling import find_model_dir
+    from ctr.adapt.bitwise_search import fingerprint
+    from ctr.core.model import find_model_dir
     folder = find_model_dir(cfg.checkpoint)
     files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder else []
     checkpoint_id = {"path": str(folder.resolve()) if folder else cfg.checkpoint,

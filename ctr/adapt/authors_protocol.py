@@ -1,6 +1,6 @@
 """The released code's selection protocol, re-created for audits only (`--protocol authors`).
 
-It differs from ours (`ctr.splits`) in three ways that let test data into selection
+It differs from ours (`ctr.tasks.splits`) in three ways that let test data into selection
 (../shared/CTR_SPEC.md section 6):
 - zero-label inputs are drawn *per gold label* from the *evaluation* split, and stay in
   the evaluation;
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .eval_tasks import EvalTask, get_task, load_examples, render_task, task_templates
-from .splits import AdaptSplit, balanced_by_label
+from ctr.tasks.registry import EvalTask, get_task, load_examples, render_task, task_templates
+from ctr.tasks.splits import AdaptSplit, balanced_by_label
 
 PROTOCOLS = ("ours", "authors")
 SOURCE = "eval (authors' protocol: label-balanced, kept in the evaluation)"

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from .config import opt
-from .modeling import CTRModel
-from .prompt_format import PromptEncoder
+from ctr.config import opt
+from ctr.core.model import CTRModel
+from ctr.core.prompt_format import PromptEncoder
 
 Inputs = Sequence[str] | Sequence[Sequence[int]]
 
@@ -44,7 +44,7 @@ class GenerateConfig:
 
 
 def encode_texts(model: CTRModel, texts: Sequence[str], max_input_len: int = 1024) -> list[list[int]]:
-    """Input ids as training saw its inputs, by the model's prompt format (`ctr.prompt_format`):
+    """Input ids as training saw its inputs, by the model's prompt format (`ctr.core.prompt_format`):
     a decoder-only input ends with the delimiter when training put it there, so the
     generated answer starts where a trained target starts."""
     return PromptEncoder.for_model(model).sources(list(texts), max_input_len)
@@ -225,8 +225,8 @@ def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
 # ---- CLI -----------------------------------------------------------------------------
 def resolve_code(model: CTRModel, cfg: GenerateConfig) -> list[int] | None:
     """The code asked for by --code or --task (with --codes-file for adapted codes)."""
-    from .evaluate import parse_code
-    from .fileio import read_codes_file
+    from ctr.inference.evaluate import parse_code
+    from ctr.fileio import read_codes_file
     if not model.config.use_codes:
         if cfg.code or cfg.task:
             raise ValueError("--code/--task given, but the model has no codes")
@@ -262,8 +262,8 @@ def read_inputs(cfg: GenerateConfig) -> list[str]:
 
 
 def run_generate(cfg: GenerateConfig) -> list[str]:
-    from .evaluate import load_for_eval
-    from .modeling import CONFIG_FILE
+    from ctr.inference.evaluate import load_for_eval
+    from ctr.core.model import CONFIG_FILE
     texts = read_inputs(cfg)  # cheap checks before loading a model
     _check_decoding(cfg.max_new_tokens, cfg.sample, cfg.temperature, cfg.top_p)
     p = Path(cfg.checkpoint)

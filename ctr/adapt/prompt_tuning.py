@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .batching import Encoded, collate
-from .bitwise_search import Shot
-from .modeling import CTRModel
+from ctr.train.batching import Encoded, collate
+from ctr.adapt.bitwise_search import Shot
+from ctr.core.model import CTRModel
 
 
 def tune_prompt(model: CTRModel, shots: list[Shot], length: int, steps: int = 50, lr: float = 3e-3,

@@ -29,7 +29,6 @@ choice and training and scoring still agree.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,15 +48,6 @@ class PromptFormat:
     def of(cls, config) -> "PromptFormat":
         """The format recorded in a `CTRConfig`."""
         return cls(config.target_delimiter, config.target_eos)
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def parse_delimiter(text: str) -> str:
-    """A delimiter as typed on a command line: the escapes \\n, \\t, \\r and \\\\ are read;
-    any other character (accents included) stays as it is."""
-    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import torch
 
-from .backbone import default_device, load_backbone
-from .config import CTRConfig, opt
-from .eval_tasks import (get_task, list_tasks, load_examples, render_task, select_templates,
+from ctr.core.backbone import default_device, load_backbone
+from ctr.config import CTRConfig, opt
+from ctr.tasks.registry import (get_task, list_tasks, load_examples, render_task, select_templates,
                          task_templates, usable_templates)
-from .fileio import read_codes_file, read_json, write_json
-from .modeling import CTRModel, find_model_dir
-from .scoring import RankScorer, tokenize_request
+from ctr.fileio import read_codes_file, read_json, write_json
+from ctr.core.model import CTRModel, find_model_dir
+from ctr.inference.scoring import RankScorer, tokenize_request
 
 # ../shared/CTR_SPEC.md section 5: the released code's T5-Large results (accuracy %).
 PAPER_REFERENCE = {

@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .backbone import is_encoder_decoder, load_backbone
-from .config import CTRConfig
-from .fileio import atomic_dir, complete_dir, read_json, write_json
-from .quantizer import CodeQuantizer
+from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.config import CTRConfig
+from ctr.fileio import atomic_dir, complete_dir, read_json, write_json
+from ctr.core.quantizer import CodeQuantizer
 
 CONFIG_FILE = "ctr_config.json"
 WEIGHTS_FILE = "ctr_weights.safetensors"

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import opt
-from .fileio import read_codes_file, read_json, write_json
+from ctr.config import opt
+from ctr.fileio import read_codes_file, read_json, write_json
 
 UNKNOWN = "unknown"
 # Task types of the held-out tasks (T0 paper, table of held-out types), so that adapted
@@ -341,7 +341,7 @@ def analyze_table(names: Sequence[str], codes: np.ndarray, types: Sequence[str],
 
 # ---- I/O ------------------------------------------------------------------------------
 def find_model_dir(path: str | Path) -> Path:
-    from .modeling import CONFIG_FILE, find_model_dir as locate
+    from ctr.core.model import CONFIG_FILE, find_model_dir as locate
     p = Path(path)
     found = locate(p)
     if found is not None:
@@ -354,7 +354,7 @@ def load_code_table(path: str | Path) -> tuple[dict[str, list[int]], dict[str, A
     """(code table, CTR config dict, model folder). The code table is read from
     code_table.json, which save_pretrained writes from model.code_table(): the analysis
     then needs no backbone. Older folders without it are loaded with load_for_eval."""
-    from .modeling import CODE_TABLE_FILE, CONFIG_FILE
+    from ctr.core.model import CODE_TABLE_FILE, CONFIG_FILE
     folder = find_model_dir(path)
     config = read_json(folder / CONFIG_FILE)
     if not config.get("use_codes", True):
@@ -362,7 +362,7 @@ def load_code_table(path: str | Path) -> tuple[dict[str, list[int]], dict[str, A
     if (folder / CODE_TABLE_FILE).exists():
         table = read_json(folder / CODE_TABLE_FILE)
     else:
-        from .evaluate import load_for_eval
+        from ctr.inference.evaluate import load_for_eval
         table = load_for_eval(str(folder)).code_table()
     if not table:
         raise ValueError(f"{folder}: the code table is empty")
@@ -373,7 +373,7 @@ def task_labels(names: Sequence[str], data_dir_arg: str | None = None,
                 types_file: str | None = None) -> tuple[list[str], list[str], list[str]]:
     """(task types, datasets, notes). T0 training tasks take both from the manifest; other
     tasks take types from --types-file, HELDOUT_TYPES, else 'unknown'."""
-    from .data import data_dir, read_manifest
+    from ctr.tasks.mixture import data_dir, read_manifest
     notes: list[str] = []
     manifest: dict[str, dict[str, str]] = {}
     try:
@@ -573,7 +573,7 @@ def markdown_report(res: dict[str, Any], top: int) -> str:
               "- `task_distances.png`: Hamming distances, tasks in average-linkage order."]
     lines += [f"- `code_values_by_{f}.png`: {f} x value per position." for f in s.get("factors", {})]
     if res.get("steering"):
-        from .steering import steering_markdown
+        from ctr.analysis.steering import steering_markdown
         lines += ["", steering_markdown(res["steering"])]
     return "\n".join(lines) + "\n"
 
@@ -610,7 +610,7 @@ def run_analysis(cfg: AnalyzeConfig) -> dict[str, Any]:
         "adapted": adapted_report(adapted, names, codes, types, cfg.min_count) if adapted else {},
     }
     if cfg.steer:
-        from .steering import run_steering
+        from ctr.analysis.steering import run_steering
         res["steering"] = run_steering(cfg, folder, table, types, adapted)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .modeling import IGNORE, CTRModel
-from .prompt_format import PromptEncoder
+from ctr.core.model import IGNORE, CTRModel
+from ctr.core.prompt_format import PromptEncoder
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ChoiceScores:
 def tokenize_request(model: CTRModel, input_text: str, choices: list[str],
                      max_input_len: int = 1024, code: list[int] | None = None) -> ScoreRequest:
     """A request whose ids are exactly what training saw for (input, choice): the model's
-    prompt format (`ctr.prompt_format`), read from its checkpoint config (a decoder-only
+    prompt format (`ctr.core.prompt_format`), read from its checkpoint config (a decoder-only
     choice is scored without the EOS training appends to it)."""
     src, outs = PromptEncoder.for_model(model).pair(input_text, list(choices), max_input_len,
                                                     scoring=True)

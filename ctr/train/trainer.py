@@ -26,16 +26,16 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .backbone import is_encoder_decoder, load_backbone
-from .batching import MixtureSampler, collate, encode_tasks
-from .checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
+from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.train.batching import MixtureSampler, collate, encode_tasks
+from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
-from .config import MODEL_KEYS, CTRConfig, TrainConfig
-from .data import Task, answer_report, load_jsonl_tasks, load_t0_tasks
-from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
-from .modeling import CONFIG_FILE, CTRModel, find_model_dir
-from .prompt_format import PromptEncoder
-from .quantizer import code_usage
+from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
+from ctr.tasks.mixture import Task, answer_report, load_jsonl_tasks, load_t0_tasks
+from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from ctr.core.model import CONFIG_FILE, CTRModel, find_model_dir
+from ctr.core.prompt_format import PromptEncoder
+from ctr.core.quantizer import code_usage
 
 
 class TrainingDiverged(RuntimeError):

@@ -3,7 +3,7 @@ on the test data?
 
 On one checkpoint and the same tasks, zero-label Code Ensemble and few-shot Bitwise
 Search run twice: under our protocol (selection never reads labels / evaluation examples)
-and under the released code's (`--protocol authors`, see `ctr.authors_protocol`). Each
+and under the released code's (`--protocol authors`, see `ctr.adapt.authors_protocol`). Each
 chosen code is then scored on
 - its own selection examples (labels read only now, for the audit),
 - a disjoint set: evaluation examples that neither protocol selected with,
@@ -18,12 +18,12 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import opt
-from .eval_tasks import get_task, load_examples
-from .evaluate import EvalConfig, eval_templates, score_templates, seeded_subsample
-from .few_shot import FewShotConfig, adapt_task
-from .fileio import write_json
-from .zero_label import AdaptCommon, ZeroLabelConfig, prepare_adaptation, select_code
+from ctr.config import opt
+from ctr.tasks.registry import get_task, load_examples
+from ctr.inference.evaluate import EvalConfig, eval_templates, score_templates, seeded_subsample
+from ctr.adapt.few_shot import FewShotConfig, adapt_task
+from ctr.fileio import write_json
+from ctr.adapt.zero_label import AdaptCommon, ZeroLabelConfig, prepare_adaptation, select_code
 
 METHODS = ("zero-label", "few-shot")
 

@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .eval_tasks import EvalTask, TaskExample, get_task, load_examples
+from ctr.tasks.registry import EvalTask, TaskExample, get_task, load_examples
 
 
 @dataclass

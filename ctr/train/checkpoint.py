@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .fileio import atomic_dir, read_json, write_json
+from ctr.fileio import atomic_dir, read_json, write_json
 
 STATE_FILE = "trainer_state.json"
 OPTIM_TENSORS = "optimizer.safetensors"
@@ -55,7 +55,7 @@ def checkpoint_problem(path: Path) -> str | None:
     """Why `path` is not a complete checkpoint (None when it is): the trainer state must be
     valid JSON with a step, and the model config, model weights and optimizer tensors must
     be there with readable safetensors headers (which also catches a cut-off file)."""
-    from .modeling import BACKBONE_DIR, CONFIG_FILE, WEIGHTS_FILE
+    from ctr.core.model import BACKBONE_DIR, CONFIG_FILE, WEIGHTS_FILE
     path = Path(path)
     try:
         state = read_json(path / STATE_FILE)

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ctr.data import DATA_ENV_VAR, data_dir  # noqa: F401  (re-exported)
-from ctr.templates import (
+from ctr.tasks.mixture import DATA_ENV_VAR, data_dir  # noqa: F401  (re-exported)
+from ctr.tasks.templates import (
     PromptedInput,
     PromptTemplate,
     RenderError,

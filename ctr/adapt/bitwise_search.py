@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .fileio import append_jsonl, read_jsonl, write_jsonl
-from .scoring import RankScorer, ScoreRequest
+from ctr.fileio import append_jsonl, read_jsonl, write_jsonl
+from ctr.inference.scoring import RankScorer, ScoreRequest
 
 Objective = Callable[[Sequence[Sequence[int]]], list[float]]  # codes -> objective (lower wins)
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .fileio import read_json, write_json
+from ctr.fileio import read_json, write_json
 
 if TYPE_CHECKING:
-    from .analysis import AnalyzeConfig
-    from .modeling import CTRModel
+    from ctr.analysis.report import AnalyzeConfig
+    from ctr.core.model import CTRModel
 
 
 @dataclass
@@ -101,7 +101,7 @@ def training_inputs(folder: Path, names: list[str], data_dir: str | None
     """{task: (inputs, type)} for training tasks, read as the training run read them
     (its train_config.json: JSONL files, else the T0 sample). Choices: an example's own
     `choices`, else the task's answers when it has few distinct ones."""
-    from .data import load_jsonl_tasks, load_t0_tasks
+    from ctr.tasks.mixture import load_jsonl_tasks, load_t0_tasks
     tc = _train_config(folder)
     if tc.get("train_files"):
         tasks, _ = load_jsonl_tasks(tc["train_files"])
@@ -119,9 +119,9 @@ def training_inputs(folder: Path, names: list[str], data_dir: str | None
 def heldout_inputs(task: str, n: int, seed: int, data_dir: str | None) -> list[SteerInput]:
     """Unlabelled inputs of a held-out task rendered with its first usable original
     template (label-free rendering; the choices come with the prompt)."""
-    from .eval_tasks import render_prompts, usable_templates
-    from .splits import unlabeled_inputs
-    from .templates import RenderError
+    from ctr.tasks.registry import render_prompts, usable_templates
+    from ctr.tasks.splits import unlabeled_inputs
+    from ctr.tasks.templates import RenderError
     split = unlabeled_inputs(task, n, seed, root=data_dir)
     report = usable_templates(task, root=data_dir, examples=split.examples)
     if not report.usable:
@@ -155,7 +155,7 @@ def generate_metrics(model: CTRModel, inputs: list[SteerInput], codes: list[list
     every code on every input, in mixed-code batches."""
     import torch
 
-    from .generation import generate_ids_with_codes
+    from ctr.inference.generation import generate_ids_with_codes
     rows_text = [x.text for _ in codes for x in inputs]
     rows_code = torch.tensor([c for c in codes for _ in inputs])
     ids = generate_ids_with_codes(model, rows_text, rows_code, max_new_tokens=max_new_tokens,
@@ -183,8 +183,8 @@ def task_effects(lengths: np.ndarray, fmt: np.ndarray, n_boot: int, seed: int
 
 def run_steering(cfg: AnalyzeConfig, folder: Path, table: dict[str, list[int]],
                  types: list[str], adapted: dict[str, list[int]]) -> dict[str, Any]:
-    from .analysis import label_values
-    from .evaluate import load_for_eval
+    from ctr.analysis.report import label_values
+    from ctr.inference.evaluate import load_for_eval
     names = list(table)
     codes = np.array([table[n] for n in names], dtype=np.int64)
     if cfg.steer_type not in types:

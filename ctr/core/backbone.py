@@ -10,7 +10,7 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
-from .fileio import atomic_dir
+from ctr.fileio import atomic_dir
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_ALIASES = {"smollm2", "default", "smollm2-135m-instruct", "SmolLM2-135M-Instruct"}

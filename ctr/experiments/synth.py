@@ -2,14 +2,14 @@
 
 A tiny backbone (decoder-only `llama` or seq2seq `t5`, char tokenizer) is trained from
 random weights together with the code module on the training combinations of
-`ctr.synth_tasks` (the trainer's `--joint` mode, JSONL task path). Then, for every
+`ctr.experiments.synth_tasks` (the trainer's `--joint` mode, JSONL task path). Then, for every
 held-out combination, exact-match accuracy (greedy generation) on unseen inputs under:
 - the best training code: lowest summed target loss on the k shots (the search's start);
-- Bitwise Search from the k shots (`ctr.bitwise_search`);
+- Bitwise Search from the k shots (`ctr.adapt.bitwise_search`);
 - random codes drawn from the values the search may use (the control);
-- prompt tuning on the same shots (`ctr.prompt_tuning`).
+- prompt tuning on the same shots (`ctr.adapt.prompt_tuning`).
 Training combinations are scored with their own codes, and the codebook is compared
-with the ground-truth factors position by position (`ctr.analysis` statistics).
+with the ground-truth factors position by position (`ctr.analysis.report` statistics).
 """
 from __future__ import annotations
 
@@ -28,20 +28,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import synth_tasks as st
-from .analysis import concentrated_values, position_association
-from .batching import encode_tasks
-from .prompt_format import PromptEncoder
-from .bitwise_search import Shot, ShotObjective, bitwise_search
-from .config import TrainConfig, opt
-from .data import Example, Task
-from .fileio import write_json
-from .generation import generate_with_codes
-from .modeling import CTRModel
-from .prompt_tuning import tune_prompt
-from .scoring import RankScorer
-from .testing import save_tiny_backbone
-from .trainer import train
+from ctr.experiments import synth_tasks as st
+from ctr.analysis.report import concentrated_values, position_association
+from ctr.train.batching import encode_tasks
+from ctr.core.prompt_format import PromptEncoder
+from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
+from ctr.config import TrainConfig, opt
+from ctr.tasks.mixture import Example, Task
+from ctr.fileio import write_json
+from ctr.inference.generation import generate_with_codes
+from ctr.core.model import CTRModel
+from ctr.adapt.prompt_tuning import tune_prompt
+from ctr.inference.scoring import RankScorer
+from ctr.core.testing import save_tiny_backbone
+from ctr.train.trainer import train
 
 MAX_SOURCE_LEN, MAX_TARGET_LEN = 16, 12  # inputs are 5 letters, targets at most 5 characters
 MAX_NEW_TOKENS = 8

@@ -1,0 +1,1 @@
+"""Adaptation to unseen tasks: Code Ensemble (zero-label), Bitwise Search (few-shot), baselines, audit."""

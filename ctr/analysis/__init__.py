@@ -1,0 +1,1 @@
+"""Analysis: statistics of code tables, the report, steering."""

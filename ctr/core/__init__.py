@@ -1,0 +1,1 @@
+"""The model and what a code is: backbone, quantizer, CTRModel, prompt format, codes, loading."""

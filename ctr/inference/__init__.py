@@ -1,0 +1,1 @@
+"""Inference: scoring, generation with codes, the evaluation harness."""

@@ -1,0 +1,1 @@
+"""Tasks: the training mixture, the evaluation registry, PromptSource templates, label-safe splits."""

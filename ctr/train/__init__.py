@@ -1,0 +1,1 @@
+"""Training: batching, checkpoints, the two-stage trainer."""
