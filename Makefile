@@ -19,14 +19,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 demo: setup
 	$(PY) -m ctr.demo
 
 bench: setup
-	$(PY) -m ctr.bench.train --out results/bench_train.json
+	$(PY) -m ctr.bench.train --out results/bench_train/cpu/bench_train.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -91,20 +91,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_codes(args: argparse.Namespace) -> int:
     """Print the code table of a checkpoint."""
-    from ctr.fileio import read_json
-    path = Path(args.checkpoint)
-    for cand in (path / "final", path / "model", path):
-        if (cand / "code_table.json").exists():
-            table = read_json(cand / "code_table.json")
-            width = max((len(n) for n in table), default=4)
-            for name, code in table.items():
-                print(f"{name:<{width}}  {' '.join(f'{c:3d}' for c in code)}")
-            return 0
-    raise FileNotFoundError(f"{path}: no code_table.json (not a CTR checkpoint)")
+    from ctr.core.codes import format_table
+    from ctr.core.loading import load_code_table
+    print(format_table(load_code_table(args.checkpoint)[0]))
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ctr.analysis.report import AnalyzeConfig, run_analysis
+    from ctr.analysis.options import AnalyzeConfig
+    from ctr.analysis.report import run_analysis
     cfg = dataclass_from_args(AnalyzeConfig, args)
     if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
         if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
@@ -117,6 +112,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ctr.inference.generation import GenerateConfig, run_generate
     run_generate(dataclass_from_args(GenerateConfig, args))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ctr.interop.export import run_export
+    from ctr.interop.export_config import ExportConfig
+    cfg = dataclass_from_args(ExportConfig, args)
+    if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
+        if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
+            raise ValueError("give the checkpoint once: positionally or with --checkpoint")
+        cfg.checkpoint = args.checkpoint_path
+    run_export(cfg)
     return 0
 
 
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("codes", help="print the code table of a checkpoint")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
-    from ctr.analysis.report import AnalyzeConfig
+    from ctr.analysis.options import AnalyzeConfig
     p = sub.add_parser("analyze", help="what the codes mean: usage, association with task "
                                        "types, distances, figures (+ --steer experiment)")
     p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
@@ -172,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=argparse.SUPPRESS,
                    help="an input text; repeat for a batch")
     p.set_defaults(func=cmd_generate)
+    from ctr.interop.export_config import ExportConfig
+    p = sub.add_parser("export", help="a code as a PEFT prompt-tuning adapter (--format peft) or "
+                                      "a [L, hidden] tensor (--format tensor)")
+    p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
+                   help="CTR checkpoint (run folder, final/ or model folder)")
+    add_dataclass_args(p, ExportConfig)
+    p.set_defaults(func=cmd_export)
     from ctr.experiments.synth import SynthConfig
     p = sub.add_parser("synth", help="synthetic compositional suite: train a tiny model from "
                                      "scratch, test codes on held-out combinations")
@@ -181,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ctr.provenance import command_as
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
+    try:  # results record this command line (not the caller's sys.argv when argv is given)
+        with command_as(None if argv is None else ["ctr", *argv]):
+            return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"ctr {args.command}: error: {e}", file=sys.stderr)
         return 2

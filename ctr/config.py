@@ -220,7 +220,7 @@ class TrainConfig:
 
 
 # With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
-# on its code while the code values learn (results/stage1_diagnosis/).
+# on its code while the code values learn (results/stage1_diagnosis/cpu/).
 SPREAD_ENCODER_LR_SCALE = 0.002
 # Options of the CTR module that `ctr train` passes to CTRConfig as they are.
 MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
@@ -230,7 +230,7 @@ MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_
 PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
                    codebook_init="uniform", decoder_init="random", encoder_init="random",
                    codebook_lm_grad=False)
-# The CPU presets' recipe (results/stage1_diagnosis/): code values start as token
+# The CPU presets' recipe (results/stage1_diagnosis/cpu/): code values start as token
 # embeddings and are the soft prompt itself (identity decoder), and the LM loss trains them
 # directly, so a frozen LM's prompt learns at the speed of prompt tuning.
 CPU_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity", encoder_init="spread",
@@ -252,7 +252,7 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                       projection_lr_scale=1.0)},
     # A few minutes of CPU with SmolLM2. The released code never updated its encoder; ours
     # does, and Adam at lr 1e-2 on a 576-wide projection moves codes by ~5 units a step
-    # (VQ loss 6 -> 18 in 16 SmolLM2 steps); 0.01 x lr keeps it flat (results/lr_check.md).
+    # (VQ loss 6 -> 18 in 16 SmolLM2 steps); 0.01 x lr keeps it flat (results/lr_check/cpu/lr_check.md).
     "cpu-small": {1: dict(steps=200, batch_size=16, micro_batch_size=8, lr=1e-2, warmup_steps=10,
                        projection_lr_scale=0.01),
                   2: dict(steps=100, batch_size=16, micro_batch_size=8, lr=1e-4, warmup_steps=10,
@@ -267,3 +267,22 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
              2: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-3, warmup_steps=1,
                     projection_lr_scale=1.0)},
 }
+
+
+@dataclass
+class EvalScope:
+    """What is evaluated and how it is batched: shared by `ctr eval` and the adaptation
+    commands (which evaluate after they adapt), so the two cannot drift apart."""
+
+    suite: Literal["t0", "near"] = opt("t0", "task suite: the 11 held-out T0 tasks or near-transfer sets")
+    tasks: list[str] = opt([], "task names (data folder names); default: the whole suite")
+    templates: list[str] = opt([], "template names to use (default: the original-task templates)")
+    max_examples: int | None = opt(None, "seeded subsample of at most N evaluation examples per task")
+    seed: int = opt(0, "seed of the subsample (and of selection inputs / shots when adapting)")
+    batch_size: int = opt(16, "inputs per scoring batch (halved on out-of-memory)")
+    max_input_len: int = opt(1024, "input tokens kept (from the end)")
+    data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
+
+    def scope(self) -> dict[str, Any]:
+        """The EvalScope fields of this config, to build another config on the same scope."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalScope)}

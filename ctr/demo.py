@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ctr.config import TrainConfig
 from ctr.tasks.mixture import data_dir, read_manifest
-from ctr.inference.evaluate import PAPER_REFERENCE, EvalConfig, evaluate, load_for_eval
+from ctr.inference.evaluate import EvalConfig, evaluate
+from ctr.tasks.registry import PAPER_REFERENCE
+from ctr.core.loading import load_model
 from ctr.adapt.few_shot import FewShotConfig, run_few_shot
 from ctr.train.trainer import summarize_run, train
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                                     output_dir=str(out / "few_shot"), **{**common, "max_templates": 1}))
 
     # 3. the bare backbone on the same examples and templates
-    backbone = load_for_eval(args.model)
+    backbone = load_model(args.model)
     zero = evaluate(backbone, EvalConfig(tasks=["super_glue_rte", "super_glue_copa"],
                                          max_examples=EXAMPLES, max_templates=TEMPLATES))
     rows = [("super_glue_rte", "zero-label Code Ensemble", zl["results"]["tasks"]["super_glue_rte"], 0),

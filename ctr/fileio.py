@@ -222,28 +222,6 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
 
 
-def codes_file_content(codes: dict[str, Any], exclude: dict[str, list[int]]) -> dict[str, Any]:
-    """What `ctr zero-label` / `ctr few-shot` write to codes.json: the code per task and,
-    per task, the evaluation-split indices its selection used (kept out of `ctr eval`)."""
-    return {"codes": codes, "exclude": {t: sorted(exclude.get(t, [])) for t in codes}}
-
-
-def read_codes_file(path: str | os.PathLike, flag: str = "--codes-file"
-                    ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """(codes {task: code}, exclude {task: [eval index]}) of a codes file: the current
-    {"codes": {...}, "exclude": {...}} or an older plain {task: code} (nothing excluded)."""
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{flag} {path}: expected a JSON object")
-    if not isinstance(raw.get("codes"), dict):  # old format; a task named "codes" has a list
-        return raw, {}
-    exclude = raw.get("exclude") or {}
-    if (not isinstance(exclude, dict) or not all(isinstance(v, list) for v in exclude.values())
-            or not all(isinstance(i, int) for v in exclude.values() for i in v)):
-        raise ValueError(f"{flag} {path}: 'exclude' must map tasks to lists of example indices")
-    return raw["codes"], exclude
-
-
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one record as one line, flushed and fsynced (a kill can cut only this line)."""
     with open(path, "a") as f:

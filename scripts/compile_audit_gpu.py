@@ -1,11 +1,12 @@
-"""The selection-protocol audit of the 91-task GPU codebook as one table: per-task
-`ctr audit` folders from `scripts/gpu_run.sh audit` (unpacked into runs/gpu_h100/audit),
-rows that an earlier, cut run left only in its log (runs/gpu/log_audit.txt, same checkpoint
-and settings), and the tasks the device time missed, run on the CPU with one selection
-template and 100 disjoint examples (runs/audit_cpu_gpucodebook).
+"""The selection-protocol audit of the 91-task GPU codebook as one table, from data only:
+per-task `ctr audit` folders from `scripts/gpu_run.sh audit` (unpacked into runs/gpu_h100/audit;
+audit.json, or the audit.jsonl rows of a task its time limit cut), the rows an earlier, cut
+H200 run left only in its log (recovered once into results/audit/h200/log_rows.jsonl, same
+checkpoint and settings), and the tasks the device time missed, run on the CPU with one
+selection template and 100 disjoint examples (runs/audit_cpu_gpucodebook).
 
     python scripts/compile_audit_gpu.py
-Writes results/gpu_h100/audit.json and audit.md.
+Writes results/audit/h100/audit.json and audit.md.
 """
 from __future__ import annotations
 
@@ -13,27 +14,30 @@ import json
 import statistics
 from pathlib import Path
 
-from compile_results import audit_log_rows  # scripts/ is on sys.path
-from ctr.adapt.audit import audit_table
+from ctr.adapt.audit import audit_table, read_audit_rows
+from ctr.fileio import read_jsonl
+from ctr.provenance import provenance
 from ctr.tasks.registry import get_task, list_tasks
 
 FOLDERS = {"H100": Path("runs/gpu_h100/audit"), "CPU": Path("runs/audit_cpu_gpucodebook")}
-old_log = Path("runs/gpu/log_audit.txt")
-out = Path("results/gpu_h100")
+old_rows = Path("results/audit/h200/log_rows.jsonl")
+out = Path("results/audit/h100")
 out.mkdir(parents=True, exist_ok=True)
 
 rows: list[dict] = []
 configs = {}
 for hardware, folder in FOLDERS.items():
-    for f in sorted(folder.glob("*/audit.json")):
-        res = json.loads(f.read_text())
-        configs.setdefault(hardware, res["config"])
-        rows += [dict(r, hardware=hardware) for r in res["rows"]]
+    for task_dir in sorted(p for p in folder.glob("*") if p.is_dir()):
+        task_rows, config = read_audit_rows(task_dir)
+        if config is not None:
+            configs.setdefault(hardware, config)
+        rows += [dict(r, hardware=hardware) for r in task_rows]
 done = {r["task"] for r in rows}
-if old_log.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only log lines
-    rows += [dict(r, hardware="H200", selection_examples=32 if r["method"] == "zero-label" else 16,
+if old_rows.exists():  # the H200 run that was cut after ANLI R1/R2 wrote only log lines
+    rows += [dict({k: v for k, v in r.items() if k != "provenance"}, hardware="H200",
+                  selection_examples=32 if r["method"] == "zero-label" else 16,
                   selection_source="eval (from the run's log)")
-             for r in audit_log_rows(old_log) if r["task"] not in done]
+             for r in read_jsonl(old_rows) if r["task"] not in done]
 suite_of = {r["task"]: get_task(r["task"]).suite for r in rows}
 missing = [t.name for t in list_tasks("t0") + list_tasks("near") if t.name not in suite_of]
 by_hw = lambda hw: sorted({r["task"] for r in rows if r["hardware"] == hw})
@@ -59,7 +63,7 @@ def summary(sel_rows: list[dict]) -> list[str]:
 
 
 md = ["# Selection-protocol audit, SmolLM2-135M-Instruct with the 91-task GPU codebook (issue 5, part 3)", "",
-      "Checkpoint: the H200 stage-1 run (`results/gpu_h200/`: 91 T0 training tasks, 400 steps x 64). "
+      "Checkpoint: the H200 stage-1 run (`results/stage1/h200/`: 91 T0 training tasks, 400 steps x 64). "
       "Zero-label: 32 inputs x 2 templates; few-shot: 16 shots x 2 templates, values seen in training codes, "
       "1 sweep; every chosen code scored on its own selection examples and on up to 300 evaluation examples "
       "that neither protocol selected with (median over the first 3 templates). Optimism = accuracy on the "
@@ -82,5 +86,6 @@ for suite, title in (("t0", "T0 held-out tasks"), ("near", "near-transfer tasks"
     md += [f"## {title}: summary over tasks", ""] + summary(sel_rows) + [""]
 md += ["## All tasks, per row (means at the end)", "", audit_table(rows), ""]
 (out / "audit.md").write_text("\n".join(md))
-(out / "audit.json").write_text(json.dumps({"configs": configs, "rows": rows}, indent=1) + "\n")
+(out / "audit.json").write_text(json.dumps({"configs": configs, "rows": rows, "provenance": provenance()},
+                                          indent=1) + "\n")
 print("\n".join(md))

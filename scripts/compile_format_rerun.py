@@ -1,9 +1,9 @@
 """Issue 11, fix 1: the near-suite table before and after one prompt format, side by side.
 
-Before: results/near_smollm2.json (committed, old scorer: stripped input + " " + choice).
+Before: results/near_suite/cpu/near_smollm2.json (committed, old scorer: stripped input + " " + choice).
 After: the same commands (scripts/results_smollm2.sh step 7 columns) rerun on the fixed
 code into RUNS/near_cpu/<column>/results.json; their results are copied into
-results/near_format_rerun.json so that the table regenerates from committed data.
+results/near_suite/cpu/format_rerun.json so that the table regenerates from committed data.
 Usage: python scripts/compile_format_rerun.py [RUNS]   (default runs_fmt)
 """
 from __future__ import annotations
@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ctr.provenance import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "results/near_suite/cpu"
 COLUMNS = [("zero_shot", "backbone zero-shot"), ("multitask", "multi-task prompted baseline"),
            ("zero_label", "CTR zero-label")]
 TASKS = ["glue_sst2", "trec", "ag_news"]
@@ -26,8 +29,8 @@ def medians(result: dict | None) -> dict[str, float | None]:
 
 def main() -> None:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs_fmt")
-    before = json.loads((ROOT / "results/near_smollm2.json").read_text())
-    out_json = ROOT / "results/near_format_rerun.json"
+    before = json.loads((OUT / "near_smollm2.json").read_text())
+    out_json = OUT / "format_rerun.json"
     after = json.loads(out_json.read_text())["after"] if out_json.exists() else {}
     for col, _ in COLUMNS:
         path = runs / "near_cpu" / col / "results.json"
@@ -35,7 +38,7 @@ def main() -> None:
             after[col] = json.loads(path.read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
-    out_json.write_text(json.dumps({"after": after, "commit": commit}, indent=1) + "\n")
+    out_json.write_text(json.dumps({"after": after, "commit": commit, "provenance": provenance()}, indent=1) + "\n")
     lines = ["| task | " + " | ".join(f"{name}: before / after" for _, name in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
@@ -46,7 +49,7 @@ def main() -> None:
     picks = (after.get("zero_label") or {}).get("zero_label", {})
     picked = [f"- {t}: `{', '.join(v.get('from_tasks', ['?']))}` (agreement {v.get('agreement')})"
               for t, v in picks.items()] if isinstance(picks, dict) else []
-    (ROOT / "results/near_format_rerun.md").write_text(
+    (OUT / "format_rerun.md").write_text(
         "# Near suite before / after one prompt format (issue 11, fix 1)\n\n"
         "Same commands, data, seeds and budget as `near_smollm2.md` (24 T0 tasks, 120 x 8, "
         "`--preset cpu-small` as it was then, i.e. the paper's CTR module with the projections "

@@ -1,4 +1,8 @@
-"""Collect the SmolLM2 runs of scripts/results_smollm2.sh into results/ (Markdown + JSON)."""
+"""Collect the SmolLM2 runs of scripts/results_smollm2.sh into results/<experiment>/<hardware>/
+(Markdown + JSON), from the JSON / JSONL the commands wrote (never from their printed lines).
+
+    python scripts/compile_results.py [RUNS]   (default runs)
+"""
 from __future__ import annotations
 
 import json
@@ -6,10 +10,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from ctr.inference.evaluate import PAPER_REFERENCE
+from ctr.tasks.registry import PAPER_REFERENCE
+from ctr.adapt.audit import audit_markdown, read_audit_rows
 
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs")
-out = Path("results")
+RESULTS = Path("results")
+ADAPT, T0, NEAR, AUDIT = (RESULTS / "adaptation/cpu", RESULTS / "t0_zeroshot/h200_cpu",
+                          RESULTS / "near_suite/cpu", RESULTS / "audit/cpu")
 load = lambda p: json.loads(Path(p).read_text())
 
 
@@ -66,12 +73,12 @@ def adaptation_table() -> None:
     lines += ["", "Hardware: the project's CPU machine (2 cores, no GPU), torch 2.13.0+cpu, 2026-11-26. "
               "Commands: `bash scripts/results_smollm2.sh` (steps 1-4), then "
               "`python scripts/compile_results.py`. Seeds: 0 everywhere."]
-    (out / "adaptation_smollm2.md").write_text("\n".join(lines) + "\n")
+    ADAPT.mkdir(parents=True, exist_ok=True)
+    (ADAPT / "adaptation_smollm2.md").write_text("\n".join(lines) + "\n")
     for name, src in [("zero_shot3", zs), ("zero_label", zl), ("few_shot", fs)]:
-        (out / "adaptation_smollm2").mkdir(exist_ok=True)
-        (out / "adaptation_smollm2" / f"{name}.json").write_text(json.dumps(src, indent=1) + "\n")
-    shutil.copy(runs / "s1_smollm2/code_table.json", out / "adaptation_smollm2" / "stage1_code_table.json")
-    shutil.copy(runs / "s1_smollm2/metrics.jsonl", out / "adaptation_smollm2" / "stage1_metrics.jsonl")
+        (ADAPT / f"{name}.json").write_text(json.dumps(src, indent=1) + "\n")
+    shutil.copy(runs / "s1_smollm2/code_table.json", ADAPT / "stage1_code_table.json")
+    shutil.copy(runs / "s1_smollm2/metrics.jsonl", ADAPT / "stage1_metrics.jsonl")
 
 
 def zero_shot_table() -> bool:
@@ -117,9 +124,11 @@ def zero_shot_table() -> bool:
               f"{sum(chances) / len(chances):.1f}; the issue's measured reference for this backbone and protocol "
               "is about 44%. SmolLM2-135M is at chance on these tasks (no task is clearly above it: COPA 59 on "
               "100 examples is +-10)."]
-    (out / "t0_zeroshot_smollm2.md").write_text("\n".join(lines) + "\n")
-    (out / "t0_zeroshot_smollm2.json").write_text(json.dumps(
-        {t: {"where": w, "config": res["config"], "hardware": res["hardware"], **r}
+    T0.mkdir(parents=True, exist_ok=True)
+    (T0 / "t0_zeroshot_smollm2.md").write_text("\n".join(lines) + "\n")
+    (T0 / "t0_zeroshot_smollm2.json").write_text(json.dumps(
+        {t: {"where": w, "config": res["config"], "hardware": res["hardware"], **r,
+             **({"provenance": res["provenance"]} if "provenance" in res else {})}
          for t, (r, res, w) in per_task.items()}, indent=1) + "\n")
     return True
 
@@ -174,30 +183,19 @@ def near_table() -> bool:
             lines.append(f"- {t}: `{a['start_tasks'][0]}`, loss {a['start_objective']:.2f} -> "
                          f"{a['search_objective']:.2f} after search")
     lines += ["", "Command: `bash scripts/results_smollm2.sh` (steps 1 and 7), then `python scripts/compile_results.py`."]
-    (out / "near_smollm2.md").write_text("\n".join(lines) + "\n")
-    (out / "near_smollm2.json").write_text(json.dumps({n: r for n, r in have.items()}, indent=1) + "\n")
+    NEAR.mkdir(parents=True, exist_ok=True)
+    (NEAR / "near_smollm2.md").write_text("\n".join(lines) + "\n")
+    (NEAR / "near_smollm2.json").write_text(json.dumps({n: r for n, r in have.items()}, indent=1) + "\n")
     return True
 
 
-def audit_log_rows(log: Path) -> list[dict]:
-    """The rows of an audit cut before it wrote audit.json, from its `[audit] ...` log lines."""
-    import re
-    pat = re.compile(r"\[audit\] (\S+) (\S+) \((\w+)\): selection (\S+) disjoint (\S+) reported (\S+)")
-    rows = []
-    for m in pat.finditer(log.read_text()):
-        task, method, protocol, sel, dis, rep = m.groups()
-        sel, dis, rep = float(sel), float(dis), float(rep)
-        rows.append({"task": task, "method": method, "protocol": protocol, "acc_selection": sel,
-                     "acc_disjoint": dis, "acc_reported": rep, "optimism": round(sel - dis, 2)})
-    return rows
-
-
-def audit_rows_from_log(log: Path) -> str:
-    """Markdown table of `audit_log_rows`."""
-    lines = ["(cut before its end: rows from its log)", "",
+def audit_rows_table(rows: list[dict], caption: str) -> str:
+    """Markdown table of the rows of an audit cut before it wrote audit.json (no config to
+    describe it with): what it appended to audit.jsonl."""
+    lines = [caption, "",
              "| task | method | protocol | acc on selection | acc on disjoint | optimism | reported acc |",
              "|---|---|---|---|---|---|---|"]
-    for r in audit_log_rows(log):
+    for r in rows:
         lines.append(f"| {r['task']} | {r['method']} | {r['protocol']} | {r['acc_selection']:.1f} | "
                      f"{r['acc_disjoint']:.1f} | {r['acc_selection'] - r['acc_disjoint']:+.1f} | "
                      f"{r['acc_reported']:.1f} |")
@@ -205,33 +203,38 @@ def audit_rows_from_log(log: Path) -> str:
 
 
 def audit_tables() -> bool:
-    found = [(n, runs / n / "audit.md") for n in ("audit_cpu_t0", "audit_cpu_near")]
-    found = [(n, f) for n, f in found if f.exists() or (runs / n / "partial_log.txt").exists()]
+    """results_smollm2.sh step 8: audit.json of a finished audit, else the rows a cut one
+    appended to audit.jsonl."""
+    found = [(n, *read_audit_rows(runs / n)) for n in ("audit_cpu_t0", "audit_cpu_near")]
+    found = [(n, rows, config) for n, rows, config in found if rows]
     if not found:
         return False
+    AUDIT.mkdir(parents=True, exist_ok=True)
     lines = ["# Selection-protocol audit on SmolLM2-135M-Instruct, CPU budget (issue 5, part 3)", "",
              "Checkpoint: the CPU stage-1 run (`runs/s1_smollm2`: 24 T0 tasks, 120 steps x 8). Each row: the "
              "code one protocol selects, scored on its own selection examples and on evaluation examples that "
              "neither protocol used. Ours reads no labels (zero-label) and selects on train examples; "
              "`--protocol authors` selects on label-balanced evaluation examples, filters zero-label "
              "candidates by the gold label shares, and leaves its selection examples in the evaluation. "
-             "The GPU audit on the 91-task codebook (9 T0 and 3 near tasks) is in `gpu_h100/audit.md`.", ""]
-    for name, f in found:
-        text = f.read_text() if f.exists() else audit_rows_from_log(runs / name / "partial_log.txt")
+             "The GPU audit on the 91-task codebook (9 T0 and 3 near tasks) is in `../h100/audit.md`.", ""]
+    for name, rows, config in found:
+        text = audit_markdown(config, rows) if config else audit_rows_table(
+            rows, "(cut before its end: the rows it appended to audit.jsonl)")
         lines += [f"## {'T0 held-out tasks' if name.endswith('t0') else 'near-transfer tasks'}", "", text, ""]
-        if (runs / name / "audit.json").exists():
-            (out / f"{name}.json").write_text((runs / name / "audit.json").read_text())
+        for data in ("audit.json", "audit.jsonl"):  # the data behind the table, beside it
+            if (runs / name / data).exists():
+                shutil.copy(runs / name / data, AUDIT / f"{name}{Path(data).suffix}")
     lines += ["Command: `bash scripts/results_smollm2.sh` (step 8), then `python scripts/compile_results.py`."]
-    (out / "audit_smollm2.md").write_text("\n".join(lines) + "\n")
+    (AUDIT / "audit_smollm2.md").write_text("\n".join(lines) + "\n")
     return True
 
 
 if __name__ == "__main__":
     adaptation_table()
     if zero_shot_table():
-        print("wrote results/t0_zeroshot_smollm2.md")
-    print("wrote results/adaptation_smollm2.md")
+        print(f"wrote {T0 / 't0_zeroshot_smollm2.md'}")
+    print(f"wrote {ADAPT / 'adaptation_smollm2.md'}")
     if near_table():
-        print("wrote results/near_smollm2.md")
+        print(f"wrote {NEAR / 'near_smollm2.md'}")
     if audit_tables():
-        print("wrote results/audit_smollm2.md")
+        print(f"wrote {AUDIT / 'audit_smollm2.md'}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -32,7 +31,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,7 +38,7 @@ from ctr.core.backbone import load_backbone  # noqa: E402
 from ctr.train.batching import MixtureSampler, collate, encode_tasks  # noqa: E402
 from ctr.config import CTRConfig, TrainConfig  # noqa: E402
 from ctr.core.model import CTRModel  # noqa: E402
-from ctr.core.quantizer import code_usage  # noqa: E402
+from ctr.core.codes import code_usage  # noqa: E402
 from ctr.train.trainer import load_tasks, lr_lambda  # noqa: E402
 
 TASKS = ([f"amazon_polarity_{t}" for t in (
@@ -363,7 +361,8 @@ def evaluate_prompts(args):
     from ctr.inference.scoring import RankScorer, tokenize_request
     from ctr.tasks.splits import unlabeled_inputs
     from ctr.tasks.templates import RenderError
-    from ctr.adapt.zero_label import ZeroLabelConfig, selection_templates
+    from ctr.adapt.common import selection_templates
+    from ctr.adapt.zero_label import ZeroLabelConfig
     torch.set_num_threads(args.threads)
     backbone, tok = load_backbone(args.model)
     model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=args.model), tok)

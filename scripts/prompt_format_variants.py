@@ -1,6 +1,6 @@
 """The bare SmolLM2 on AG News and SST-2 (50 examples x 2 templates) under four joining rules:
-which delimiter, and whether the EOS that training appends is scored (results/prompt_format/)."""
-import json, sys, torch
+which delimiter, and whether the EOS that training appends is scored (results/prompt_format/cpu/)."""
+import json, torch
 torch.set_num_threads(1)
 from ctr.core.backbone import load_backbone
 from ctr.config import CTRConfig
@@ -14,4 +14,4 @@ for delim, eos in [("\n", True), ("\n", False), (" ", True), (" ", False)]:
                                output_dir="runs/prompt_format_variants"), progress=False)
     out[f"{delim!r} eos={eos}"] = {t: v["median"] for t, v in r["tasks"].items()}
     print(out, flush=True)
-json.dump(out, open("results/prompt_format/backbone_variants.json", "w"), indent=1)
+json.dump(out, open("results/prompt_format/cpu/backbone_variants.json", "w"), indent=1)

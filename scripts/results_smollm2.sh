@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the SmolLM2 tables under results/ (CPU, 2 cores: about 3 hours in all, alone on the machine).
+# Reproduces the SmolLM2 tables under results/<experiment>/cpu/ (CPU, 2 cores: about 3 hours in all, alone on the machine).
 # Steps whose output exists are skipped, so an interrupted run can simply be restarted.
 # Usage: bash scripts/results_smollm2.sh [runs-folder]
 set -euo pipefail
@@ -28,9 +28,9 @@ done_ $R/fs_smollm2/results.json || \
 $CTR few-shot --checkpoint $R/s1_smollm2 --tasks $TASKS --shots 8 --values seen --max-sweeps 1 \
   --max-templates 1 --prompt-tuning --prompt-steps 40 --max-examples $N --output-dir $R/fs_smollm2
 # 5. search benchmark: batched vs one code at a time, on the stage-1 model (~6 min)
-done_ results/bench_search_cpu.json || \
+done_ results/bench_search/cpu/bench_search.json || \
 .venv/bin/python -m ctr.bench.search --checkpoint $R/s1_smollm2 --shots 8 --values 8 --batch-size 64 \
-  --out results/bench_search_cpu.json
+  --out results/bench_search/cpu/bench_search.json
 # 6. the bare backbone on the 5 held-out T0 tasks the GPU run did not reach (~15 min;
 #    the other 6 ran on full sets on a lent H200: scripts/gpu_run.sh zs11)
 done_ $R/t0_zeroshot_rest_cpu/results.json || \

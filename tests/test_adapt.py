@@ -196,7 +196,9 @@ def test_zero_label_selection_never_reads_labels(task, monkeypatch, tmp_path):
     data = str(small_data_dir(tmp_path / "data", {task: 40}))  # small enough to evaluate whole
     import ctr.tasks.splits as splits
     from ctr.tasks.registry import TaskExample
-    from ctr.adapt.zero_label import ZeroLabelConfig, candidate_codes, select_code
+    from ctr.adapt.code_ensemble import select_code
+    from ctr.adapt.common import candidate_codes
+    from ctr.adapt.zero_label import ZeroLabelConfig
     real = splits.load_examples
 
     def unlabeled(*a, **k):
@@ -261,7 +263,8 @@ def test_degenerate_candidates_are_dropped_from_predictions_alone():
     pseudo-labels and win; above it they neither vote nor win, and the agreements are
     the exact counts against the informative majority."""
     need_data()
-    from ctr.adapt.zero_label import ZeroLabelConfig, select_code
+    from ctr.adapt.code_ensemble import select_code
+    from ctr.adapt.zero_label import ZeroLabelConfig
     model = ctr_model()
     script = {**_DEGENERATE, **_INFORMATIVE}
     candidates = [(list(c), [f"task{i}"]) for i, c in enumerate(script)]
@@ -433,11 +436,11 @@ def test_eval_with_a_zero_label_codes_file_keeps_its_selection_examples_out(tiny
 def test_every_codes_file_reader_takes_both_formats(tmp_path):
     """codes.json now carries its exclusions; every reader of codes files reads it, and
     still reads an older plain {task: code} file (which excludes nothing)."""
-    from ctr.analysis.report import read_adapted_codes
     from ctr.inference.evaluate import codes_for_tasks, eval_exclusions
-    from ctr.fileio import codes_file_content, read_codes_file, write_json
+    from ctr.core.codes import codes_file_content, read_checked_codes, read_codes_file
+    from ctr.fileio import write_json
     from ctr.inference.generation import GenerateConfig, resolve_code
-    from ctr.adapt.zero_label import candidate_codes
+    from ctr.adapt.common import candidate_codes
     model = ctr_model()
     codes = {"anli_r1": [1, 2, 3, 4], "super_glue_cb": [0, 0, 7, 7]}
     new, old = tmp_path / "new.json", tmp_path / "old.json"
@@ -445,7 +448,7 @@ def test_every_codes_file_reader_takes_both_formats(tmp_path):
     write_json(old, codes)
     for path, excluded in ((new, {"anli_r1": {3, 5}, "super_glue_cb": set()}), (old, {})):
         assert read_codes_file(path)[0] == codes
-        assert read_adapted_codes(str(path), K, L) == codes
+        assert read_checked_codes(str(path), L, K) == codes
         assert resolve_code(model, GenerateConfig(task="super_glue_cb", codes_file=str(path))) == [0, 0, 7, 7]
         assert codes_for_tasks(model, EvalConfig(codes_file=str(path)), list(codes)) == codes
         assert sorted(c for c, _ in candidate_codes(model, str(path))) == sorted(codes.values())

@@ -2,19 +2,24 @@
 helpers, and `ctr analyze` (+ --steer) on a tiny trained checkpoint."""
 from __future__ import annotations
 
+import ast
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ctr.analysis.report import (analyze_table, average_linkage, concentrated_values, contingency,
-                          hamming_matrix, label_values, mutual_information, nearest_codes,
-                          perplexity, position_association, purity, type_distance_summary,
-                          usage_counts)
+import ctr.analysis.stats as stats_module
+from ctr.analysis.stats import (analyze_table, average_linkage, bootstrap_ci, concentrated_values,
+                                contingency, hamming_matrix, label_values, mutual_information,
+                                nearest_codes, paired_effect, perplexity, position_association,
+                                purity, type_distance_summary, usage_counts)
+from ctr.analysis.steering import in_choices, random_controls, steer_positions
 from ctr.cli import main
 from ctr.config import TrainConfig
-from ctr.analysis.steering import bootstrap_ci, in_choices, paired_effect, random_controls, steer_positions
 from ctr.train.trainer import train
 
 # Two "qa" tasks (A1, A2) and three "sum" tasks (B1, B2, C1), deliberately interleaved.
@@ -135,6 +140,31 @@ def test_bootstrap_and_steering_helpers():
     assert steer_positions([0, 1, 2], best, 1) == [0]  # 5 at position 0 is the most specific
     assert steer_positions([5, 1, 2], best, 1) == [1]  # position 0 already holds it
     assert steer_positions([5, 1, 2], best, 2, fixed=[2, 0]) == [0, 2]
+
+
+def test_stats_imports_only_numpy_and_the_standard_library():
+    """stats.py stays pure: its own imports name no ctr module and no torch, and executed
+    alone (outside the package, whose __init__ loads the model) it loads neither."""
+    path = Path(stats_module.__file__)
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            tops |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports in stats.py"
+            tops.add(node.module.split(".")[0])
+    assert tops - {"numpy"} <= set(sys.stdlib_module_names), tops
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('stats_alone', {str(path)!r})\n"
+            "m = importlib.util.module_from_spec(spec); sys.modules['stats_alone'] = m\n"
+            "spec.loader.exec_module(m)\n"
+            "assert m.mutual_information(m.contingency(['a', 'b'], [0, 1])[2])[1] == 1.0\n"
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+            "('ctr', 'torch', 'transformers', 'matplotlib')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from ctr.adapt.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
-from ctr.adapt.zero_label import AdaptCommon, ZeroLabelConfig
+from ctr.adapt.common import AdaptCommon
+from ctr.adapt.zero_label import ZeroLabelConfig
 from test_adapt import ctr_model, need_data, train_tiny_run  # tests/ is on sys.path under pytest
 
 
@@ -24,18 +25,20 @@ def test_authors_protocol_is_never_the_default():
 
 def test_default_selection_never_reaches_the_authors_code(monkeypatch):
     need_data()
-    import ctr.adapt.zero_label as zl
+    import ctr.adapt.code_ensemble as ce
+    import ctr.adapt.common as common
     from ctr.adapt.few_shot import FewShotConfig, adapt_task
     from ctr.inference.scoring import RankScorer
 
     def forbidden(*a, **k):
         raise AssertionError("authors' protocol used without --protocol authors")
-    for name in ("label_balanced_eval", "gold_distribution", "distribution_distance", "authors_gold_indices"):
-        monkeypatch.setattr(zl, name, forbidden)
+    monkeypatch.setattr(common, "label_balanced_eval", forbidden)
+    for name in ("gold_distribution", "distribution_distance", "authors_gold_indices"):
+        monkeypatch.setattr(ce, name, forbidden)
     model = ctr_model()
     scorer = RankScorer(model, 8, progress=False)
-    cands = zl.candidate_codes(model)
-    zl.select_code(model, "super_glue_cb", ZeroLabelConfig(n_inputs=4, max_templates=1), cands, scorer)
+    cands = common.candidate_codes(model)
+    ce.select_code(model, "super_glue_cb", ZeroLabelConfig(n_inputs=4, max_templates=1), cands, scorer)
     import tempfile
     from pathlib import Path
     with tempfile.TemporaryDirectory() as d:
@@ -78,4 +81,14 @@ def test_audit_end_to_end(tiny_paths, task_file, tmp_path):
         elif r["task"] == "super_glue_cb":
             assert r["selection_source"] == "train" and r["acc_reported"] == r["acc_disjoint"]
     assert "optimism" in (out / "audit.md").read_text()
+    # every row was also appended to audit.jsonl as it was measured, with the run's provenance
+    from ctr.adapt.audit import audit_markdown, read_audit_rows
+    from ctr.fileio import read_jsonl
+    appended = read_jsonl(out / "audit.jsonl")
+    assert [{k: v for k, v in r.items() if k != "provenance"} for r in appended] == rows
+    prov = json.loads((out / "audit.json").read_text())["provenance"]
+    assert all(r["provenance"] == prov for r in appended) and prov["command"].startswith("ctr audit")
+    assert (out / "audit.md").read_text() == audit_markdown(*read_audit_rows(out)[::-1])
+    (out / "audit.json").unlink()  # a run cut before its end: the rows come from audit.jsonl
+    assert read_audit_rows(out) == (appended, None)
     assert main(["audit", "--checkpoint", str(run), "--protocol", "authors"]) == 2

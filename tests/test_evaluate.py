@@ -8,7 +8,8 @@ import pytest
 from ctr.cli import main
 from ctr.config import CTRConfig
 from ctr.tasks.mixture import data_dir
-from ctr.inference.evaluate import EvalConfig, evaluate, load_for_eval, markdown_table
+from ctr.inference.evaluate import EvalConfig, evaluate, markdown_table
+from ctr.core.loading import load_model
 from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
 
@@ -22,7 +23,7 @@ def need_data():
 
 
 def test_bare_backbone_eval_structure_and_table(tiny_paths):
-    model = load_for_eval(str(tiny_paths["llama"]))
+    model = load_model(str(tiny_paths["llama"]))
     assert not model.config.use_codes
     cfg = EvalConfig(tasks=["super_glue_rte", "super_glue_copa"], max_examples=6, batch_size=4)
     res = evaluate(model, cfg, progress=False)
@@ -73,7 +74,7 @@ def test_accuracy_counts_predictions_that_match_the_gold_choice(tiny_paths):
         def score(self, reqs):  # choice 1 has the best sum, choice 0 the best mean over 100 tokens
             return [ChoiceScores([-2.0, -1.0] + [-3.0] * (len(r.choices) - 2),
                                  [100] + [1] * (len(r.choices) - 1)) for r in reqs]
-    model = load_for_eval(str(tiny_paths["llama"]))
+    model = load_model(str(tiny_paths["llama"]))
     task = get_task("super_glue_cb")
     examples = load_examples(task, max_examples=20, seed=3)
     names = ["GPT-3 style", "can we infer", "always/sometimes/never"]
@@ -92,7 +93,7 @@ def test_accuracy_counts_predictions_that_match_the_gold_choice(tiny_paths):
 
 
 def test_subsample_is_seeded_and_exclusions_hold(tiny_paths, tmp_path):
-    model = load_for_eval(str(tiny_paths["llama"]))
+    model = load_model(str(tiny_paths["llama"]))
     excl = tmp_path / "sel.json"
     excl.write_text(json.dumps({"super_glue_cb": list(range(0, 56, 2))}))
     cfg = EvalConfig(tasks=["super_glue_cb"], templates=["GPT-3 style"], exclude_indices=str(excl))
@@ -118,7 +119,7 @@ def test_ctr_model_needs_codes_and_checks_them(tiny_paths):
 
 
 def test_unknown_task_and_template_are_clear_errors(tiny_paths):
-    model = load_for_eval(str(tiny_paths["llama"]))
+    model = load_model(str(tiny_paths["llama"]))
     with pytest.raises(ValueError, match="super_glue_rte"):  # lists the valid names
         evaluate(model, EvalConfig(tasks=["rte"]), progress=False)
     with pytest.raises(ValueError, match="available"):

@@ -425,7 +425,7 @@ def test_latest_checkpoint_falls_back_to_the_newest_complete_one(tiny_paths, run
 def test_empty_shots_or_holdout_are_errors(tmp_path):
     from ctr.adapt.few_shot import FewShotConfig, adapt_task
     from ctr.tasks.splits import AdaptSplit
-    from ctr.adapt.zero_label import candidate_codes
+    from ctr.adapt.common import candidate_codes
     with pytest.raises(ValueError, match="no shots"):
         ShotObjective(None, [])
     model = tiny_ctr()
@@ -449,7 +449,7 @@ def test_adapt_task_trajectory_is_tied_to_the_checkpoint(tmp_path, capsys):
         pytest.skip(f"held-out data not available: {e}")
     from ctr.adapt.few_shot import FewShotConfig, adapt_task
     from ctr.tasks.splits import few_shot
-    from ctr.adapt.zero_label import candidate_codes
+    from ctr.adapt.common import candidate_codes
     split = few_shot("super_glue_cb", 3, seed=0)
     model = tiny_ctr()
     table = model.code_table()

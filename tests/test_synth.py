@@ -9,6 +9,7 @@ import pytest
 from ctr.experiments import synth_tasks as st
 from ctr.cli import main
 from ctr.experiments.synth import SynthConfig, build_suite, run_synth
+from ctr.experiments.synth_report import METHOD_TITLES
 
 
 def primitives_of(combos):
@@ -119,3 +120,8 @@ def test_factors_file_must_cover_every_task(tmp_path):
         read_factors(str(path), ["a", "c"])
     with pytest.raises(ValueError, match="do not have the factors"):
         read_factors(str(path), ["a", "b"])
+
+
+def test_report_columns_are_the_heldout_methods():
+    from ctr.experiments.synth import METHODS
+    assert tuple(METHOD_TITLES) == METHODS[1:]  # results.md's columns, in summarize's order

@@ -28,10 +28,9 @@ from ctr.tasks.templates import (
     PromptTemplate,
     RenderError,
     SkipReason,
-    TemplateLoadError,
-    load_templates,
     render_dataset,
 )
+from ctr.tasks.template_files import TemplateLoadError, load_templates
 
 N_EXAMPLES = 50  # keeps the file fast; counts below were checked on the full splits too
 

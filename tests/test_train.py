@@ -149,9 +149,9 @@ def test_cli_reports_bad_input(tiny_paths, tmp_path, capsys):
 
 
 def test_no_codes_baseline_trains_the_backbone_and_loads_for_eval(tiny_paths, task_file, tmp_path):
-    from ctr.inference.evaluate import load_for_eval
+    from ctr.core.loading import load_model
     final = train(cfg_for(tiny_paths, task_file, tmp_path / "mt", stage=2, no_codes=True))
-    model = load_for_eval(str(tmp_path / "mt"))
+    model = load_model(str(tmp_path / "mt"))
     assert not model.config.use_codes and model.config.backbone_trained
     assert model.code_table() == {}
     original = backbone_state(tiny_paths["llama"])

@@ -10,22 +10,31 @@ chosen code is then scored on
 - what the protocol would report: ours the disjoint set, the authors' the evaluation
   subsample with their selection examples left in.
 Optimism = accuracy on the selection examples - accuracy on the disjoint examples.
+
+Each row is appended to `audit.jsonl` in the output folder as soon as it is measured (with
+the run's provenance), so a run cut short keeps its finished rows as data; `audit.json` and
+`audit.md` follow at the end.
 """
 from __future__ import annotations
 
 import dataclasses
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ctr.config import opt
 from ctr.tasks.registry import get_task, load_examples
 from ctr.inference.evaluate import EvalConfig, eval_templates, score_templates, seeded_subsample
 from ctr.adapt.few_shot import FewShotConfig, adapt_task
-from ctr.fileio import write_json
-from ctr.adapt.zero_label import AdaptCommon, ZeroLabelConfig, prepare_adaptation, select_code
+from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json
+from ctr.provenance import provenance
+from ctr.adapt.code_ensemble import select_code
+from ctr.adapt.common import AdaptCommon, prepare_adaptation
+from ctr.adapt.zero_label import ZeroLabelConfig
 
 METHODS = ("zero-label", "few-shot")
+ROWS_FILE = "audit.jsonl"  # one row per (task, method, protocol), appended as the audit goes
 
 
 @dataclass
@@ -56,8 +65,11 @@ def _method_config(cfg: AuditConfig, method: str, protocol: str) -> AdaptCommon:
     return FewShotConfig(**common, shots=cfg.shots, values=cfg.values, max_sweeps=cfg.max_sweeps)
 
 
-def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> list[dict[str, Any]]:
+def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out,
+               prov: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The task's rows; each is also appended to out/audit.jsonl with `prov` (default: now's)."""
     task = get_task(name)
+    prov = prov if prov is not None else provenance()
     chosen = []  # (method, protocol, code, selection examples)
     for method in cfg.methods:
         for protocol in ("ours", "authors"):
@@ -75,9 +87,7 @@ def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> l
     used = {e.index for *_, s in chosen if not s.source.startswith("train") for e in s.examples}
     pool = [e for e in load_examples(task, "eval", root=cfg.data_dir) if e.index not in used]
     pool = seeded_subsample(pool, cfg.max_examples, cfg.seed)
-    ecfg = EvalConfig(model=cfg.checkpoint, suite=cfg.suite, templates=cfg.templates,
-                      max_templates=cfg.eval_max_templates, max_input_len=cfg.max_input_len,
-                      data_dir=cfg.data_dir)
+    ecfg = EvalConfig(model=cfg.checkpoint, **cfg.scope(), max_templates=cfg.eval_max_templates)
     templates, _ = eval_templates(task, ecfg, pool)
     rows = []
     for method, protocol, code, split in chosen:
@@ -92,6 +102,7 @@ def audit_task(model, name: str, cfg: AuditConfig, candidates, scorer, out) -> l
                      "acc_disjoint": on_disjoint, "acc_reported": reported,
                      "optimism": None if on_selection is None or on_disjoint is None
                      else round(on_selection - on_disjoint, 2)})
+        append_jsonl(out / ROWS_FILE, {**rows[-1], "provenance": prov})
         print(f"[audit] {name} {method} ({protocol}): selection {on_selection} disjoint {on_disjoint} "
               f"reported {reported}", flush=True)
     return rows
@@ -122,17 +133,39 @@ def audit_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def audit_markdown(config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """audit.md: the settings (an AuditConfig as a dict, e.g. audit.json's "config") and the table."""
+    c = config
+    return (f"Selection-protocol audit: checkpoint `{c['checkpoint']}`, suite {c['suite']}, seed {c['seed']}; "
+            f"zero-label {c['n_inputs']} inputs, few-shot {c['shots']} shots ({c['values']} values, "
+            f"{c['max_sweeps']} sweep); median accuracy % over the first {c['eval_max_templates']} "
+            f"templates. Optimism = acc on selection examples - acc on disjoint evaluation examples.\n\n"
+            + audit_table(rows) + "\n")
+
+
+def read_audit_rows(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(rows, config) of an audit folder: audit.json when the audit finished, else the rows
+    it appended to audit.jsonl before it was cut (config None); ([], None) when neither.
+    A (task, method, protocol) measured twice (a rerun into the same folder) keeps its last row."""
+    folder = Path(folder)
+    if (folder / "audit.json").exists():
+        res = read_json(folder / "audit.json")
+        return res["rows"], res["config"]
+    if not (folder / ROWS_FILE).exists():
+        return [], None
+    last: dict[tuple, dict[str, Any]] = {}
+    for r in read_jsonl(folder / ROWS_FILE):
+        last.pop(key := (r["task"], r["method"], r["protocol"]), None)
+        last[key] = r
+    return list(last.values()), None
+
+
 def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     model, tasks, candidates, scorer, out = prepare_adaptation(cfg)
-    rows = [r for name in tasks for r in audit_task(model, name, cfg, candidates, scorer, out)]
-    res = {"config": dataclasses.asdict(cfg), "rows": rows}
+    prov = provenance()
+    rows = [r for name in tasks for r in audit_task(model, name, cfg, candidates, scorer, out, prov)]
+    res = {"config": dataclasses.asdict(cfg), "rows": rows, "provenance": prov}
     write_json(out / "audit.json", res)
-    table = audit_table(rows)
-    (out / "audit.md").write_text(
-        f"Selection-protocol audit: checkpoint `{cfg.checkpoint}`, suite {cfg.suite}, seed {cfg.seed}; "
-        f"zero-label {cfg.n_inputs} inputs, few-shot {cfg.shots} shots ({cfg.values} values, "
-        f"{cfg.max_sweeps} sweep); median accuracy % over the first {cfg.eval_max_templates} "
-        f"templates. Optimism = acc on selection examples - acc on disjoint evaluation examples.\n\n"
-        + table + "\n")
-    print(table)
+    (out / "audit.md").write_text(audit_markdown(res["config"], rows))
+    print(audit_table(rows))
     return res

@@ -19,13 +19,16 @@ from typing import Any, Literal
 from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
 from ctr.config import opt
 from ctr.tasks.registry import get_task, render_task
-from ctr.inference.evaluate import PAPER_REFERENCE, evaluate
-from ctr.fileio import codes_file_content, write_json
+from ctr.inference.evaluate import evaluate
+from ctr.tasks.registry import PAPER_REFERENCE
+from ctr.core.codes import codes_file_content
+from ctr.fileio import write_json
+from ctr.provenance import provenance
 from ctr.core.model import CTRModel
 from ctr.adapt.prompt_tuning import tune_prompt
 from ctr.inference.scoring import RankScorer, tokenize_request
 from ctr.tasks.splits import AdaptSplit
-from ctr.adapt.zero_label import AdaptCommon, prepare_adaptation, selection_templates
+from ctr.adapt.common import AdaptCommon, prepare_adaptation, selection_templates
 
 
 @dataclass
@@ -85,7 +88,7 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
     t0 = time.time()
     # a trajectory is replayed only for the same shots, objective and checkpoint
     from ctr.adapt.bitwise_search import fingerprint
-    from ctr.core.model import find_model_dir
+    from ctr.core.loading import find_model_dir
     folder = find_model_dir(cfg.checkpoint)
     files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder else []
     checkpoint_id = {"path": str(folder.resolve()) if folder else cfg.checkpoint,
@@ -125,7 +128,8 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
         print(f"[few-shot] {name}: start {a['start_code']} ({a['start_tasks'][0]}, objective "
               f"{a['start_objective']:.3f}) -> {a['search_code']} (objective {a['search_objective']:.3f}) "
               f"in {a['sweeps']} sweeps, {a['codes_scored']} codes, {a['seconds']}s", flush=True)
-    write_json(out / "few_shot.json", {"config": dataclasses.asdict(cfg), "tasks": adapted})
+    write_json(out / "few_shot.json", {"config": dataclasses.asdict(cfg), "tasks": adapted,
+                                       "provenance": provenance()})
     exclude = {t: a["exclude"] for t, a in adapted.items()}  # carried by the codes files
     write_json(out / "codes.json", codes_file_content({t: a["code"] for t, a in adapted.items()}, exclude))
     write_json(out / "codes_discrete.json",
@@ -148,7 +152,8 @@ def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
             prompts[name] = tune_prompt(model, shots, model.config.code_length, cfg.prompt_steps,
                                         cfg.prompt_lr, adapted[name]["start_code"], cfg.seed)
         runs["prompt_tuning"] = eval_with(prompts=prompts)
-    summary = {"config": dataclasses.asdict(cfg), "adapted": adapted, "runs": runs}
+    summary = {"config": dataclasses.asdict(cfg), "adapted": adapted, "runs": runs,
+               "provenance": provenance()}
     write_json(out / "results.json", summary)
     table = few_shot_table(runs)
     (out / "results.md").write_text(table + "\n")

@@ -36,7 +36,7 @@ def tune_prompt(model: CTRModel, shots: list[Shot], length: int, steps: int = 50
     try:
         for step in range(steps):
             idx = torch.randperm(len(rows), generator=g)[:batch_size].tolist()
-            batch = collate([rows[i] for i in idx], pad, model.seq2seq)
+            batch = collate([rows[i] for i in idx], pad, model.adapter)
             batch.pop("task_ids")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch, prompt=prompt.to(model.device))

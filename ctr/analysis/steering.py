@@ -14,15 +14,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
+from ctr.analysis.options import AnalyzeConfig
+from ctr.analysis.stats import label_values, paired_effect
+from ctr.core.loading import load_model
+from ctr.core.model import CTRModel
 from ctr.fileio import read_json, write_json
-
-if TYPE_CHECKING:
-    from ctr.analysis.report import AnalyzeConfig
-    from ctr.core.model import CTRModel
+from ctr.inference.generation import generate_ids_with_codes
+from ctr.tasks.mixture import load_jsonl_tasks, load_t0_tasks
+from ctr.tasks.registry import render_prompts, usable_templates
+from ctr.tasks.splits import unlabeled_inputs
+from ctr.tasks.templates import RenderError
 
 
 @dataclass
@@ -31,27 +37,7 @@ class SteerInput:
     choices: list[str] | None  # answer choices, None when the task has no closed answer set
 
 
-# ---- pure parts -----------------------------------------------------------------------
-def bootstrap_ci(x: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap interval of the mean, seeded."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("bootstrap of an empty sample")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    alpha = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
-
-
-def paired_effect(a: Sequence[float], b: Sequence[float], n_boot: int, seed: int) -> dict[str, float]:
-    """mean(a) - mean(b) over the same inputs, bootstrapped over inputs (paired)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff, lo, hi = bootstrap_ci(a - b, n_boot, seed)
-    return {"a": float(a.mean()), "b": float(b.mean()), "diff": diff, "ci_low": lo, "ci_high": hi,
-            "n": int(a.size)}
-
-
+# ---- pure parts (bootstrap intervals: stats.py) ---------------------------------------
 def normalise_answer(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -101,7 +87,6 @@ def training_inputs(folder: Path, names: list[str], data_dir: str | None
     """{task: (inputs, type)} for training tasks, read as the training run read them
     (its train_config.json: JSONL files, else the T0 sample). Choices: an example's own
     `choices`, else the task's answers when it has few distinct ones."""
-    from ctr.tasks.mixture import load_jsonl_tasks, load_t0_tasks
     tc = _train_config(folder)
     if tc.get("train_files"):
         tasks, _ = load_jsonl_tasks(tc["train_files"])
@@ -119,9 +104,6 @@ def training_inputs(folder: Path, names: list[str], data_dir: str | None
 def heldout_inputs(task: str, n: int, seed: int, data_dir: str | None) -> list[SteerInput]:
     """Unlabelled inputs of a held-out task rendered with its first usable original
     template (label-free rendering; the choices come with the prompt)."""
-    from ctr.tasks.registry import render_prompts, usable_templates
-    from ctr.tasks.splits import unlabeled_inputs
-    from ctr.tasks.templates import RenderError
     split = unlabeled_inputs(task, n, seed, root=data_dir)
     report = usable_templates(task, root=data_dir, examples=split.examples)
     if not report.usable:
@@ -153,9 +135,6 @@ def generate_metrics(model: CTRModel, inputs: list[SteerInput], codes: list[list
                      max_new_tokens: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(lengths [codes, inputs], in-choices [codes, inputs] (nan: no choices), texts):
     every code on every input, in mixed-code batches."""
-    import torch
-
-    from ctr.inference.generation import generate_ids_with_codes
     rows_text = [x.text for _ in codes for x in inputs]
     rows_code = torch.tensor([c for c in codes for _ in inputs])
     ids = generate_ids_with_codes(model, rows_text, rows_code, max_new_tokens=max_new_tokens,
@@ -183,8 +162,6 @@ def task_effects(lengths: np.ndarray, fmt: np.ndarray, n_boot: int, seed: int
 
 def run_steering(cfg: AnalyzeConfig, folder: Path, table: dict[str, list[int]],
                  types: list[str], adapted: dict[str, list[int]]) -> dict[str, Any]:
-    from ctr.analysis.report import label_values
-    from ctr.inference.evaluate import load_for_eval
     names = list(table)
     codes = np.array([table[n] for n in names], dtype=np.int64)
     if cfg.steer_type not in types:
@@ -212,7 +189,7 @@ def run_steering(cfg: AnalyzeConfig, folder: Path, table: dict[str, list[int]],
     if not chosen:
         raise ValueError("no task to steer: pass --steer-tasks (no training task of another "
                          "type has answer choices)")
-    model = load_for_eval(str(folder))
+    model = load_model(str(folder))
     K = model.config.codebook_size
     rng = np.random.default_rng(cfg.seed)
     results: dict[str, Any] = {}

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ctr.tasks.registry import list_tasks, load_examples, render_task, usable_templates
-from ctr.inference.evaluate import hardware, load_for_eval
+from ctr.provenance import provenance
+from ctr.core.loading import load_model
 from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
 
 
@@ -31,10 +32,7 @@ def naive_scores(model, requests: list[ScoreRequest]) -> list[list[float]]:
     for r in requests:
         scores = []
         for c in r.choices:
-            if model.seq2seq:
-                logits = bb(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([c])).logits[0]
-            else:
-                logits = bb(input_ids=torch.tensor([r.input_ids + c])).logits[0, len(r.input_ids) - 1:-1]
+            logits = model.adapter.reference_choice_logits(bb, r.input_ids, c)  # [len(c), V]
             scores.append(float(F.log_softmax(logits.float(), -1).gather(1, torch.tensor(c)[:, None]).sum()))
         out.append(scores)
     return out
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
-    model = load_for_eval(args.model).eval()
+    model = load_model(args.model).eval()
     if model.config.use_codes:
         raise SystemExit("--model: the benchmark compares backbones without codes")
     reqs, templates = build_mix(model, args.per_task)
@@ -78,9 +76,10 @@ def main(argv: list[str] | None = None) -> None:
               "templates": templates, "harness_seconds": round(t_fast, 2),
               "naive_seconds": round(t_slow, 2), "score_speedup": round(t_slow / t_fast, 2),
               "same_predictions": same, "max_abs_logprob_diff": max_diff,
-              "batch_size": args.batch_size, "hardware": hardware()}
+              "batch_size": args.batch_size, "provenance": provenance()}
     print(json.dumps(result, indent=2))
-    if args.out:
+    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"score_speedup={result['score_speedup']:.2f} same_predictions={str(same).lower()}")
 

@@ -25,18 +25,19 @@ from ctr.train.batching import Encoded, collate
 from ctr.adapt.bitwise_search import ShotObjective, bitwise_search
 from ctr.config import CTRConfig
 from ctr.tasks.registry import get_task, render_task
-from ctr.inference.evaluate import hardware, load_for_eval
+from ctr.provenance import provenance
+from ctr.core.loading import load_model
 from ctr.adapt.few_shot import make_shots
 from ctr.core.model import CTRModel
 from ctr.inference.scoring import RankScorer
 from ctr.tasks.splits import few_shot
-from ctr.adapt.zero_label import AdaptCommon, selection_templates
+from ctr.adapt.common import AdaptCommon, selection_templates
 
 
-def reference_objective(model: CTRModel, texts: list[tuple[str, str]], seq2seq: bool,
-                        delimiter: str, max_len: int):
-    """One code per call: re-tokenise, one batched forward with full logits."""
-    tok = model.tokenizer
+def reference_objective(model: CTRModel, texts: list[tuple[str, str]], delimiter: str, max_len: int):
+    """One code per call: re-tokenise, one batched forward with full logits. Decoder-only
+    targets follow the delimiter, without EOS; seq2seq sources and targets end with EOS."""
+    tok, adapter, eos = model.tokenizer, model.adapter, model.tokenizer.eos_token_id
 
     @torch.no_grad()
     def objective(codes):
@@ -45,14 +46,10 @@ def reference_objective(model: CTRModel, texts: list[tuple[str, str]], seq2seq: 
             rows = []
             for src_text, tgt_text in texts:
                 src = tok(src_text, add_special_tokens=False).input_ids
-                if seq2seq:
-                    src = src[-(max_len - 1):] + [tok.eos_token_id]
-                    tgt = tok(tgt_text, add_special_tokens=False).input_ids + [tok.eos_token_id]
-                else:
-                    src = src[-max_len:]
-                    tgt = tok(delimiter + tgt_text, add_special_tokens=False).input_ids
-                rows.append(Encoded(0, src, tgt))
-            batch = collate(rows, tok.pad_token_id, seq2seq)
+                tgt = tok(adapter.sequence_delimiter(delimiter) + tgt_text, add_special_tokens=False).input_ids
+                rows.append(Encoded(0, adapter.finish_source(src, max_len, eos),
+                                    adapter.finish_target(tgt, None, eos, target_eos=True, scoring=True)))
+            batch = collate(rows, tok.pad_token_id, adapter)
             batch.pop("task_ids")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             o = model(**batch, codes=torch.tensor([code]), target_only=False)
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        model = load_for_eval(args.checkpoint)
+        model = load_model(args.checkpoint)
     else:
         backbone, tok = load_backbone(args.model)
         cfg = CTRConfig(task_names=[f"task{i}" for i in range(args.candidates)])
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(args.seed)
     values = [sorted(torch.randperm(K, generator=g)[:args.values].tolist()) for _ in range(L)]
     batched_obj = ShotObjective(RankScorer(model, args.batch_size, progress=False), shots)
-    ref_obj = reference_objective(model, texts, model.seq2seq, " ", 1024)
+    ref_obj = reference_objective(model, texts, " ", 1024)
     batched_obj(starts[:1])  # warm-up both paths
     ref_obj(starts[:1])
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
@@ -119,9 +116,10 @@ def main(argv: list[str] | None = None) -> None:
               "reference_seconds": round(t_slow, 2), "search_speedup": round(t_slow / t_fast, 2),
               "same_code": fast.code == slow.code, "batched_code": fast.code, "reference_code": slow.code,
               "batched_objective": fast.objective, "reference_objective": slow.objective,
-              "model": args.checkpoint or args.model, "hardware": hardware()}
+              "model": args.checkpoint or args.model, "provenance": provenance()}
     print(json.dumps(result, indent=2))
-    if args.out:
+    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"search_speedup={result['search_speedup']:.2f} same_code={str(result['same_code']).lower()}")
 

@@ -20,14 +20,16 @@ from pathlib import Path
 
 import torch
 
-from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.core.adapter import adapter_for
+from ctr.core.backbone import load_backbone
 from ctr.train.batching import Encoded, collate
 from ctr.config import CTRConfig
 from ctr.tasks.mixture import load_t0_tasks
 from ctr.core.model import CTRModel
+from ctr.provenance import provenance
 
 
-def make_rows(tok, batch: int, source_len: int, seq2seq: bool) -> list[Encoded]:
+def make_rows(tok, batch: int, source_len: int) -> list[Encoded]:
     """Real T0 examples when the data is there, else repeated text; sources cut to source_len."""
     try:
         tasks, _ = load_t0_tasks(max_tasks=40, limit_examples=4)
@@ -84,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone, tok = load_backbone(args.model)
-    seq2seq = is_encoder_decoder(backbone)
-    batch = collate(make_rows(tok, args.batch, args.source_len, seq2seq), tok.pad_token_id, seq2seq)
+    batch = collate(make_rows(tok, args.batch, args.source_len), tok.pad_token_id, adapter_for(backbone))
     names = ["t0", "t1", "t2", "t3"]
     ctr = CTRModel(backbone, CTRConfig(task_names=names), tok).train()
     bare = CTRModel(backbone, CTRConfig(use_codes=False), tok).train()
@@ -104,9 +105,11 @@ def main(argv: list[str] | None = None) -> None:
                     **{f"stage1_{k}": round(v, 3) for k, v in head.items()}},
         "ctr_step_ratio": round(full["ctr"] / full["bare"], 3),
         "target_only_ratio": round(head["target_only"] / head["full_logits"], 3),
+        "provenance": provenance(),
     }
     print(json.dumps(result, indent=2))
-    if args.out:
+    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"ctr_step_ratio={result['ctr_step_ratio']} target_only_ratio={result['target_only_ratio']}")
 

@@ -15,16 +15,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.core.adapter import IGNORE, BackboneAdapter, adapter_for
+from ctr.core.backbone import load_backbone
+from ctr.core.model_card import CardInfo, write_model_card
 from ctr.config import CTRConfig
-from ctr.fileio import atomic_dir, complete_dir, read_json, write_json
+from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer
 
 CONFIG_FILE = "ctr_config.json"
 WEIGHTS_FILE = "ctr_weights.safetensors"
 CODE_TABLE_FILE = "code_table.json"
 BACKBONE_DIR = "backbone"
-IGNORE = -100
 
 
 @dataclass
@@ -38,16 +39,6 @@ class CTROutput:
     target_tokens: torch.Tensor  # [B] target tokens per example
     codes: torch.Tensor | None  # [B, L]
     logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
-
-
-def find_model_dir(path: str | Path) -> Path | None:
-    """The CTR model folder of a run folder (its final/), a checkpoint (its model/) or
-    the model folder itself; None when there is none."""
-    p = Path(path)
-    for c in (complete_dir(p / "final"), p / "model", p):  # final/, or its backup mid-swap
-        if c is not None and (c / CONFIG_FILE).exists():
-            return c
-    return None
 
 
 @dataclass
@@ -79,7 +70,7 @@ class CTRModel(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
-        self.seq2seq = is_encoder_decoder(backbone)
+        self.adapter: BackboneAdapter = adapter_for(backbone)  # every seq2seq/decoder-only difference
         hidden = backbone.get_input_embeddings().embedding_dim
         config.code_dim = config.code_dim or hidden
         if task_vectors is not None:
@@ -258,36 +249,12 @@ class CTRModel(nn.Module):
         With `target_only` the LM head runs on target positions only.
         """
         x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
-        B, P, order, codes, vq_loss = input_ids.shape[0], x.prompt_len, x.order, x.codes, x.vq_loss
-        embeds, mask = x.embeds, x.mask
-        if self.seq2seq:
-            if labels is None:
-                raise ValueError("seq2seq backbones need labels (the decoder targets)")
-            dec_in = self.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
-            logits = self.backbone(inputs_embeds=embeds, attention_mask=mask,
-                                   decoder_input_ids=dec_in, use_cache=False).logits
-            targets = labels
-            return self._finish(logits, targets, vq_loss, codes, logits if return_logits else None)
-        hidden = self.body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        caller_logits = None
-        if return_logits or not target_only or labels is None:
-            full = self.lm_logits(hidden[:, P:])
-            inverse = torch.argsort(order, dim=1)
-            caller_logits = full.gather(1, inverse[..., None].expand_as(full))
-        if labels is None:  # logits only
-            z, zb = hidden.new_zeros(()), hidden.new_zeros(B)
-            return CTROutput(z, z, vq_loss, z, zb, zb, zb.long(), codes, caller_logits)
-        lab = labels.gather(1, order)
-        if P:
-            lab = torch.cat([lab.new_full((B, P), IGNORE), lab], 1)
-        # position t predicts token t + 1
-        h, targets = hidden[:, :-1], lab[:, 1:]
-        if target_only:
-            sel = targets != IGNORE
-            token_logits = self.lm_logits(h[sel])
-            return self._finish_selected(token_logits, targets, sel, vq_loss, codes, caller_logits)
-        logits = self.lm_logits(h)
-        return self._finish(logits, targets, vq_loss, codes, caller_logits)
+        return self.adapter.forward(self, x, labels, return_logits, target_only)
+
+    @property
+    def seq2seq(self) -> bool:
+        """Read-only: whether the backbone is encoder-decoder (ask `self.adapter` instead)."""
+        return self.adapter.seq2seq
 
     @property
     def body(self) -> nn.Module:
@@ -301,6 +268,11 @@ class CTRModel(nn.Module):
         if cap:  # e.g. Gemma 2 caps its logits inside its forward
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def _logits_only(self, x: PreparedInputs, hidden: torch.Tensor,
+                     logits: torch.Tensor | None) -> CTROutput:
+        z, zb = hidden.new_zeros(()), hidden.new_zeros(x.order.shape[0])
+        return CTROutput(z, z, x.vq_loss, z, zb, zb, zb.long(), x.codes, logits)
 
     def _finish(self, logits: torch.Tensor, targets: torch.Tensor, vq_loss: torch.Tensor,
                 codes: torch.Tensor | None, caller_logits: torch.Tensor | None) -> CTROutput:
@@ -346,8 +318,10 @@ class CTRModel(nn.Module):
         self.quantizer.init_from_encodings(self.encode_tasks(ids))
 
     # ---- save / load -----------------------------------------------------------------
-    def save_pretrained(self, path: str | Path, save_backbone: bool | None = None) -> None:
-        """Config JSON + safetensors + code table (+ the backbone when it was trained)."""
+    def save_pretrained(self, path: str | Path, save_backbone: bool | None = None,
+                        card: CardInfo | None = None) -> None:
+        """Config JSON + safetensors + code table + model card README.md (+ the backbone when
+        it was trained). `card`: metrics, task types, stage for the card (ctr.core.model_card)."""
         if save_backbone is None:
             save_backbone = self.config.backbone_trained
         self.config.backbone_trained = bool(save_backbone)
@@ -360,6 +334,7 @@ class CTRModel(nn.Module):
                 self.backbone.save_pretrained(tmp / BACKBONE_DIR)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
+            write_model_card(tmp, self, card, final=path)  # never fails the save
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backbone: PreTrainedModel | None = None,

@@ -22,7 +22,7 @@ The rule, for an input `x` and a target `y` (a training target or an answer choi
   its own tokens, without the EOS training appends (as lm-evaluation-harness scores):
   an instruct LM's end-of-turn probability after a short answer says little about the
   answer (SmolLM2 on AG News, 50 examples x 2 templates: 56% without it, 24% with it;
-  results/prompt_format/). Seq2seq choices keep their EOS, as T0 scores them.
+  results/prompt_format/cpu/). Seq2seq choices keep their EOS, as T0 scores them.
 A target whose joined tokens do not start with the input's tokens (a merge across the
 boundary) is tokenised on its own after the input, so the input is the same for every
 choice and training and scoring still agree.
@@ -30,11 +30,10 @@ choice and training and scoring still agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+
+from ctr.core.adapter import BackboneAdapter, adapter_for, token_ids as _ids
 
 DEFAULT_DELIMITER = "\n"
-# Input/target pairs that probe whether a delimiter tokenises the same in front of any target.
-_PROBES = (("Is it good?", "negative"), ("Answer: 12", "Yes"), ("x", "1"), ("a b", "The end."))
 
 
 @dataclass(frozen=True)
@@ -50,60 +49,38 @@ class PromptFormat:
         return cls(config.target_delimiter, config.target_eos)
 
 
-def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False).input_ids] if texts else []
-
-
-@lru_cache(maxsize=32)
-def _delimiter_in_source(tokenizer, delimiter: str) -> bool:
-    if not delimiter:
-        return True
-    for x, y in _PROBES:
-        src, whole = _ids(tokenizer, [x + delimiter, x + delimiter + y])
-        if whole[:len(src)] != src:
-            return False
-    return True
-
-
 class PromptEncoder:
     """Token ids of inputs and (input, targets) pairs under one `PromptFormat`."""
 
-    def __init__(self, tokenizer, fmt: PromptFormat, seq2seq: bool):
+    def __init__(self, tokenizer, fmt: PromptFormat, seq2seq: bool | BackboneAdapter):
+        """`seq2seq`: the backbone's adapter (`CTRModel.adapter`), or the older flag."""
         if tokenizer is None:
             raise ValueError("text inputs need a tokenizer: the model has none (pass token ids)")
-        self.tokenizer, self.fmt, self.seq2seq = tokenizer, fmt, seq2seq
+        self.tokenizer, self.fmt, self.adapter = tokenizer, fmt, adapter_for(seq2seq)
+        self.seq2seq = self.adapter.seq2seq
         self.eos = tokenizer.eos_token_id
-        # decoder-only: does the delimiter end the input (True) or start the target?
-        self.delimiter_in_source = seq2seq or _delimiter_in_source(tokenizer, fmt.delimiter)
+        # what the delimiter adds after the input and before each target (seq2seq: nothing)
+        self.source_suffix, self.target_prefix = self.adapter.delimiter_split(tokenizer, fmt.delimiter)
+        self.delimiter_in_source = not self.target_prefix  # the delimiter ends the input
 
     @classmethod
     def for_model(cls, model) -> "PromptEncoder":
-        return cls(model.tokenizer, PromptFormat.of(model.config), model.seq2seq)
+        return cls(model.tokenizer, PromptFormat.of(model.config), model.adapter)
 
     # ---- texts ---------------------------------------------------------------------
     def source_text(self, source: str) -> str:
-        x = source.rstrip()
-        if self.seq2seq or not self.delimiter_in_source:
-            return x
-        return x + self.fmt.delimiter
+        return source.rstrip() + self.source_suffix
 
     def target_text(self, target: str) -> str:
-        y = target.lstrip()
-        if self.seq2seq or self.delimiter_in_source:
-            return y
-        return self.fmt.delimiter + y
+        return self.target_prefix + target.lstrip()
 
     # ---- ids -----------------------------------------------------------------------
     def _truncate_source(self, ids: list[int], max_len: int | None) -> list[int]:
         """Keep the end of the input (the question sits there in most T0 prompts)."""
-        if self.seq2seq:
-            return (ids[max(0, len(ids) - max_len + 1):] if max_len else ids) + [self.eos]
-        return ids[-max_len:] if max_len else ids
+        return self.adapter.finish_source(ids, max_len, self.eos)
 
     def _finish_target(self, ids: list[int], max_len: int | None, scoring: bool = False) -> list[int]:
-        if not self.fmt.target_eos or (scoring and not self.seq2seq):
-            return ids[:max_len] if max_len else ids
-        return (ids[:max_len - 1] if max_len else ids) + [self.eos]
+        return self.adapter.finish_target(ids, max_len, self.eos, self.fmt.target_eos, scoring)
 
     def sources(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
         """Input ids as training saw its inputs (what generation continues from)."""
@@ -118,15 +95,7 @@ class PromptEncoder:
         src_texts = [self.source_text(s) for s in sources]
         src_ids = _ids(self.tokenizer, src_texts)
         flat = [(i, self.target_text(t)) for i, ts in enumerate(targets) for t in ts]
-        if self.seq2seq:
-            tgt_ids = _ids(self.tokenizer, [t for _, t in flat])
-        else:
-            whole = _ids(self.tokenizer, [src_texts[i] + t for i, t in flat])
-            tgt_ids = [w[len(src_ids[i]):] if w[:len(src_ids[i])] == src_ids[i] else None
-                       for (i, _), w in zip(flat, whole)]
-            alone = [k for k, t in enumerate(tgt_ids) if t is None]
-            for k, ids in zip(alone, _ids(self.tokenizer, [flat[k][1] for k in alone])):
-                tgt_ids[k] = ids
+        tgt_ids = self.adapter.target_ids(self.tokenizer, src_texts, src_ids, flat)
         out: list[tuple[list[int], list[list[int]]]] = [(self._truncate_source(s, max_source_len), [])
                                                         for s in src_ids]
         for (i, _), ids in zip(flat, tgt_ids):

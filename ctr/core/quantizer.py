@@ -216,16 +216,3 @@ def _all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
-
-
-def code_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, list[float]]:
-    """Per-position perplexity and number of distinct values over a set of codes [N, L]."""
-    perplexity, in_use = [], []
-    for pos in range(codes.shape[1]):
-        counts = torch.bincount(codes[:, pos], minlength=codebook_size).float()
-        p = counts / counts.sum()
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        perplexity.append(round(float(entropy.exp()), 4))
-        in_use.append(int((counts > 0).sum()))
-    return {"perplexity": perplexity, "codes_in_use": in_use,
-            "distinct_values": int(codes.unique().numel())}

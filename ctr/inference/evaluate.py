@@ -7,72 +7,37 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import platform
 import random
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from ctr.core.backbone import default_device, load_backbone
-from ctr.config import CTRConfig, opt
-from ctr.tasks.registry import (get_task, list_tasks, load_examples, render_task, select_templates,
-                         task_templates, usable_templates)
-from ctr.fileio import read_codes_file, read_json, write_json
-from ctr.core.model import CTRModel, find_model_dir
+from ctr.config import EvalScope, opt
+from ctr.tasks.registry import (PAPER_REFERENCE, get_task, list_tasks, load_examples, render_task,
+                               select_templates, task_templates, usable_templates)
+from ctr.fileio import read_json, write_json
+from ctr.core.codes import parse_code, read_codes_file
+from ctr.core.loading import load_model
+from ctr.core.model import CTRModel
 from ctr.inference.scoring import RankScorer, tokenize_request
-
-# ../shared/CTR_SPEC.md section 5: the released code's T5-Large results (accuracy %).
-PAPER_REFERENCE = {
-    "anli_r1": (33.4, 35.0), "anli_r2": (34.4, 32.9), "anli_r3": (33.8, 38.7),
-    "super_glue_cb": (87.5, 78.6), "super_glue_rte": (80.5, 81.2), "super_glue_copa": (92.0, 91.0),
-    "hellaswag": (27.6, 34.9), "story_cloze_2016": (90.1, 92.0), "super_glue_wic": (56.6, 56.6),
-    "super_glue_wsc.fixed": (62.5, 68.2), "winogrande_winogrande_xl": (49.4, 55.2),
-}
-
+from ctr.provenance import hardware, provenance  # hardware: re-exported for older imports
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalScope):
     model: str = opt("smollm2", "backbone (name, folder, hub id) or a CTR / multi-task checkpoint folder")
-    suite: Literal["t0", "near"] = opt("t0", "task suite: the 11 held-out T0 tasks or near-transfer sets")
-    tasks: list[str] = opt([], "task names (data folder names); default: the whole suite")
-    templates: list[str] = opt([], "template names to use (default: the original-task templates)")
     all_templates: bool = opt(False, "use every usable template, not only original-task ones")
     max_templates: int | None = opt(None, "use only the first N usable templates per task (quick runs)")
-    max_examples: int | None = opt(None, "seeded subsample of at most N evaluation examples per task")
-    seed: int = opt(0, "subsample seed")
     exclude_indices: str | None = opt(
         None, "JSON {task: [example index, ...]} kept out of evaluation (used for selection)")
     code: str | None = opt(None, "one code for every task, e.g. 12,5,0,...")
     codes_file: str | None = opt(None, "codes.json from ctr zero-label / few-shot (its selection "
                                        "examples are excluded), or a JSON {task: code}")
-    batch_size: int = opt(16, "inputs per scoring batch (halved on out-of-memory)")
-    max_input_len: int = opt(1024, "input tokens kept (from the end)")
     zero_shot_results: str | None = opt(None, "results.json of the bare backbone, shown as a column")
-    data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
     output_dir: str = opt("runs/eval", "where results.json and results.md go")
-
-
-def load_for_eval(name_or_path: str) -> CTRModel:
-    """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes,
-    on `default_device()` (the GPU when there is one)."""
-    found = find_model_dir(name_or_path)
-    if found is not None:
-        model = CTRModel.from_pretrained(found)
-    else:
-        backbone, tok = load_backbone(name_or_path)
-        model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
-    return model.to(default_device())
-
-
-def parse_code(text: str, flag: str = "--code") -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
 
 
 def codes_for_tasks(model: CTRModel, cfg: EvalConfig, tasks: list[str]) -> dict[str, list[int] | None]:
@@ -125,14 +90,6 @@ def fingerprint(model: CTRModel) -> dict[str, Any]:
     return {"backbone": model.config.backbone, "use_codes": model.config.use_codes,
             "backbone_trained": model.config.backbone_trained,
             "parameters": sum(p.numel() for p in model.parameters()), "sha256": h.hexdigest()[:16]}
-
-
-def hardware() -> dict[str, Any]:
-    info = {"platform": platform.platform(), "cpu": platform.machine(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def seeded_subsample(examples: list, n: int | None, seed: int) -> list:
@@ -218,6 +175,7 @@ def evaluate(model: CTRModel, cfg: EvalConfig, progress: bool = True,
     medians = [r["median"] for r in results.values() if r["median"] is not None]
     return {
         "config": dataclasses.asdict(cfg), "model": fingerprint(model), "hardware": hardware(),
+        "provenance": provenance(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - t_start, 1),
         "tasks": results,
         "average_of_medians": round(statistics.mean(medians), 2) if medians else None,
@@ -260,7 +218,7 @@ def markdown_table(res: dict[str, Any], zero_shot: dict[str, Any] | None = None)
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    model = load_for_eval(cfg.model)
+    model = load_model(cfg.model, "--model")
     res = evaluate(model, cfg)
     zero = read_json(cfg.zero_shot_results) if cfg.zero_shot_results else None
     if zero is None and not model.config.use_codes and not model.config.backbone_trained:

@@ -181,21 +181,14 @@ def _generate_batch(model: CTRModel, ids: list[list[int]], codes: torch.Tensor |
     for i, x in enumerate(ids):
         input_ids[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
-    side = "right" if model.seq2seq else "left"
-    x = model.embed_inputs(input_ids.to(dev), mask.to(dev), codes=codes, pad_side=side,
+    adapter = model.adapter  # padding side, position ids and output layout of the backbone
+    x = model.embed_inputs(input_ids.to(dev), mask.to(dev), codes=codes, pad_side=adapter.pad_side,
                            prompt=None if prompt is None else prompt.to(dev))
     eos = eos_ids(model)
     gen = _generation_config(model, eos, max_new_tokens, do_sample, temperature, top_p)
-    kwargs = {"position_ids": x.positions} if not model.seq2seq else {}
     seqs = model.backbone.generate(inputs_embeds=x.embeds, attention_mask=x.mask,
-                                   generation_config=gen, **kwargs)
-    if model.seq2seq:
-        seqs = seqs[:, 1:]  # the decoder start token
-    elif seqs.shape[1] > max_new_tokens:
-        # transformers returns only the new tokens when given embeddings alone; if that ever
-        # changes the prompt would leak into the output, so fail loudly instead
-        raise RuntimeError(f"generate returned {seqs.shape[1]} tokens for max_new_tokens="
-                           f"{max_new_tokens}: it echoed the prompt (transformers changed?)")
+                                   generation_config=gen, **adapter.position_kwargs(x))
+    seqs = adapter.new_tokens(seqs, max_new_tokens)  # [B, <= max_new_tokens]
     return [_cut_at_eos(row, eos) for row in seqs.tolist()]
 
 
@@ -203,13 +196,9 @@ def _generation_config(model: CTRModel, eos: list[int], max_new_tokens: int, do_
                        temperature: float, top_p: float) -> GenerationConfig:
     """A fresh config: only what we ask for, so a checkpoint's own generation defaults
     (repetition penalty, top-k, ...) cannot make greedy decoding differ from argmax."""
-    base = model.backbone.generation_config
     kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
-              eos_token_id=eos, pad_token_id=_pad_id(model, eos))
-    if model.seq2seq:
-        kw["decoder_start_token_id"] = (base.decoder_start_token_id
-                                        if base.decoder_start_token_id is not None
-                                        else model.backbone.config.decoder_start_token_id)
+              eos_token_id=eos, pad_token_id=_pad_id(model, eos),
+              **model.adapter.generation_options(model.backbone))  # seq2seq: decoder start
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p, top_k=0)  # top_k=0: no top-k cut
     return GenerationConfig(**kw)
@@ -225,8 +214,7 @@ def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
 # ---- CLI -----------------------------------------------------------------------------
 def resolve_code(model: CTRModel, cfg: GenerateConfig) -> list[int] | None:
     """The code asked for by --code or --task (with --codes-file for adapted codes)."""
-    from ctr.inference.evaluate import parse_code
-    from ctr.fileio import read_codes_file
+    from ctr.core.codes import code_for_task, parse_code, read_codes_file
     if not model.config.use_codes:
         if cfg.code or cfg.task:
             raise ValueError("--code/--task given, but the model has no codes")
@@ -237,11 +225,8 @@ def resolve_code(model: CTRModel, cfg: GenerateConfig) -> list[int] | None:
         code = parse_code(cfg.code)
     else:
         table = read_codes_file(cfg.codes_file)[0] if cfg.codes_file else model.code_table()
-        if cfg.task not in table:
-            where = f"--codes-file {cfg.codes_file}" if cfg.codes_file else "the code table"
-            raise ValueError(f"--task {cfg.task!r}: not in {where} "
-                             f"({len(table)} tasks, e.g. {sorted(table)[:5]})")
-        code = table[cfg.task]
+        where = f"--codes-file {cfg.codes_file}" if cfg.codes_file else "the code table"
+        code = code_for_task(table, cfg.task, where)
     try:
         model.check_codes(torch.tensor(code))
     except (ValueError, TypeError) as e:
@@ -262,17 +247,10 @@ def read_inputs(cfg: GenerateConfig) -> list[str]:
 
 
 def run_generate(cfg: GenerateConfig) -> list[str]:
-    from ctr.inference.evaluate import load_for_eval
-    from ctr.core.model import CONFIG_FILE
+    from ctr.core.loading import load_model
     texts = read_inputs(cfg)  # cheap checks before loading a model
     _check_decoding(cfg.max_new_tokens, cfg.sample, cfg.temperature, cfg.top_p)
-    p = Path(cfg.checkpoint)
-    if p.exists() and not any((c / f).exists() for c in (p / "final", p / "model", p)
-                              for f in (CONFIG_FILE, "config.json")):
-        # load_for_eval would try it as a hub id; a local folder is a typo here
-        raise FileNotFoundError(f"--checkpoint {p}: neither a CTR checkpoint ({CONFIG_FILE}) "
-                                "nor a Hugging Face model folder")
-    model = load_for_eval(cfg.checkpoint)
+    model = load_model(cfg.checkpoint)
     code = resolve_code(model, cfg)
     outs = generate_with_codes(model, texts, code, cfg.max_new_tokens, cfg.sample, cfg.temperature,
                                cfg.top_p, cfg.seed, cfg.max_input_len, cfg.batch_size)

@@ -12,13 +12,13 @@ Every request may carry its own code, so one batch can mix tasks.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ctr.core.adapter import cache_kwarg  # noqa: F401  (re-exported: it was defined here)
 from ctr.core.model import IGNORE, CTRModel
 from ctr.core.prompt_format import PromptEncoder
 
@@ -34,6 +34,7 @@ class ScoreRequest:
 class ChoiceScores:
     logprob: list[float]  # summed log-likelihood of each choice's tokens
     tokens: list[int] = field(default_factory=list)
+    greedy: list[bool] = field(default_factory=list)  # every token the argmax (lm-eval's is_greedy)
 
     @property
     def mean_logprob(self) -> list[float]:
@@ -54,12 +55,6 @@ def tokenize_request(model: CTRModel, input_text: str, choices: list[str],
     if any(len(o) == 0 for o in outs):
         raise ValueError(f"an answer choice tokenises to nothing: {choices!r}")
     return ScoreRequest(src, outs, code)
-
-
-def cache_kwarg(body: torch.nn.Module, cache) -> dict:
-    """transformers renamed `past_key_values` to `cache` (5.x); pass whichever it takes."""
-    params = inspect.signature(body.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 class RankScorer:
@@ -120,39 +115,19 @@ class RankScorer:
             cids[j, :len(c)] = torch.tensor(c)
         cids = cids.to(dev)
         cmask = cids != IGNORE
-        if m.seq2seq:
-            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="right",
-                               prompt=self.prompt)
-            enc = m.backbone.get_encoder()(inputs_embeds=x.embeds, attention_mask=x.mask).last_hidden_state
-            dec_in = m.backbone.prepare_decoder_input_ids_from_labels(labels=cids)
-            logits = m.backbone(encoder_outputs=(enc[pair_row],), attention_mask=x.mask[pair_row],
-                                decoder_input_ids=dec_in, use_cache=False).logits
-            token_logits = logits[cmask]
-        else:
-            x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side="left",
-                               prompt=self.prompt)
-            out = m.body(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
-                         use_cache=True)
-            cache = out.cache if "cache" in out else out.past_key_values
-            if len(choices) != len(batch):  # one choice each (a loss objective): no copy
-                cache.reorder_cache(pair_row)  # each input's cache, once per choice
-            pmask = x.mask[pair_row]
-            start = pmask.sum(1, keepdim=True)
-            steps = torch.arange(cwidth, device=dev)
-            h = m.body(input_ids=cids.clamp(min=0), attention_mask=torch.cat([pmask, cmask.long()], 1),
-                       position_ids=start + steps, use_cache=True, **cache_kwarg(m.body, cache)
-                       ).last_hidden_state
-            # choice token t is predicted by the hidden state before it: the input's last
-            # state for t = 0, the choice's own state t - 1 after that
-            pred = torch.cat([out.last_hidden_state[pair_row, -1:], h[:, :-1]], 1)
-            token_logits = m.lm_logits(pred[cmask])
+        # inputs padded where the adapter continues from them; then each choice's logits
+        x = m.embed_inputs(ids.to(dev), mask.to(dev), codes=codes, pad_side=m.adapter.pad_side,
+                           prompt=self.prompt)
+        token_logits = m.adapter.choice_logits(m, x, cids, cmask, pair_row)  # [choice tokens, V]
         logp = F.log_softmax(token_logits.float(), -1).gather(1, cids[cmask][:, None]).squeeze(1)
         rows = cmask.nonzero()[:, 0]
         per_choice = torch.zeros(len(choices), device=dev).index_add(0, rows, logp).tolist()
         counts = cmask.sum(1).tolist()
+        missed = (token_logits.argmax(-1) != cids[cmask]).float()
+        greedy = (torch.zeros(len(choices), device=dev).index_add(0, rows, missed) == 0).tolist()
         out_scores, k = [], 0
         for r in batch:
             n = len(r.choices)
-            out_scores.append(ChoiceScores(per_choice[k:k + n], counts[k:k + n]))
+            out_scores.append(ChoiceScores(per_choice[k:k + n], counts[k:k + n], greedy[k:k + n]))
             k += n
         return out_scores

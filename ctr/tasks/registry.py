@@ -22,11 +22,31 @@ from ctr.tasks.templates import (
     RenderError,
     SkipCounter,
     SkipReason,
-    load_templates,
     render_dataset,
 )
+from ctr.tasks.template_files import load_templates
 
 SUITES = ("t0", "near")
+
+# ../shared/CTR_SPEC.md section 5: the released code's T5-Large results (accuracy %).
+PAPER_REFERENCE = {
+    "anli_r1": (33.4, 35.0), "anli_r2": (34.4, 32.9), "anli_r3": (33.8, 38.7),
+    "super_glue_cb": (87.5, 78.6), "super_glue_rte": (80.5, 81.2), "super_glue_copa": (92.0, 91.0),
+    "hellaswag": (27.6, 34.9), "story_cloze_2016": (90.1, 92.0), "super_glue_wic": (56.6, 56.6),
+    "super_glue_wsc.fixed": (62.5, 68.2), "winogrande_winogrande_xl": (49.4, 55.2),
+}
+
+# Task types of the held-out tasks (T0 paper, table of held-out types), so that adapted
+# codes from codes.json can be named; near-transfer sets share T0 training types.
+HELDOUT_TYPES = {
+    "anli_r1": "natural_language_inference", "anli_r2": "natural_language_inference",
+    "anli_r3": "natural_language_inference", "super_glue_cb": "natural_language_inference",
+    "super_glue_rte": "natural_language_inference", "super_glue_wsc.fixed": "coreference",
+    "winogrande_winogrande_xl": "coreference", "super_glue_copa": "sentence_completion",
+    "hellaswag": "sentence_completion", "story_cloze_2016": "sentence_completion",
+    "super_glue_wic": "word_sense_disambiguation", "glue_sst2": "sentiment",
+    "ag_news": "topic_classification", "trec": "question_classification",
+}
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from ctr.tasks.mixture import Task
-from ctr.core.model import IGNORE
+from ctr.core.adapter import BackboneAdapter, adapter_for
 from ctr.core.prompt_format import PromptEncoder
 
 
@@ -52,21 +52,10 @@ class MixtureSampler:
         return [(int(t), int(rng.integers(self.sizes[t]))) for t in tasks]
 
 
-def collate(rows: list[Encoded], pad_id: int, seq2seq: bool, padding_side: str = "right"
-            ) -> dict[str, torch.Tensor]:
-    """Tensors for CTRModel.forward. Decoder-only rows are source + target in one sequence."""
-    def pad(seqs: list[list[int]], value: int, side: str = padding_side) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        fill = [[value] * (width - len(s)) for s in seqs]
-        return torch.tensor([f + s if side == "left" else s + f for s, f in zip(seqs, fill)])
-
-    task_ids = torch.tensor([r.task_id for r in rows])
-    if seq2seq:
-        ids = pad([r.source for r in rows], pad_id)
-        mask = pad([[1] * len(r.source) for r in rows], 0)
-        labels = pad([r.target for r in rows], IGNORE, "right")  # decoder targets start at 0
-    else:
-        ids = pad([r.source + r.target for r in rows], pad_id)
-        mask = pad([[1] * (len(r.source) + len(r.target)) for r in rows], 0)
-        labels = pad([[IGNORE] * len(r.source) + r.target for r in rows], IGNORE)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_ids": task_ids}
+def collate(rows: list[Encoded], pad_id: int, seq2seq: bool | BackboneAdapter,
+            padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Tensors for CTRModel.forward, laid out by the backbone's adapter (`model.adapter`, or
+    the older seq2seq flag): decoder-only rows are source + target in one sequence."""
+    batch = adapter_for(seq2seq).collate([r.source for r in rows], [r.target for r in rows],
+                                         pad_id, padding_side)
+    return {**batch, "task_ids": torch.tensor([r.task_id for r in rows])}

@@ -26,16 +26,17 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ctr.core.backbone import is_encoder_decoder, load_backbone
+from ctr.core.backbone import load_backbone
 from ctr.train.batching import MixtureSampler, collate, encode_tasks
 from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
 from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
 from ctr.tasks.mixture import Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
-from ctr.core.model import CONFIG_FILE, CTRModel, find_model_dir
+from ctr.core.loading import require_model_dir
+from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.prompt_format import PromptEncoder
-from ctr.core.quantizer import code_usage
+from ctr.core.codes import code_usage
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,7 +78,7 @@ def adopt_model_options(cfg: TrainConfig) -> None:
     """Stage 2 keeps the CTR module of --init-from as it is (its quantizer, losses and
     gradient path): record those options in `cfg`, so that train_config.json, checkpoints
     and --resume say what the model really does. Only the prompt format must match."""
-    saved = read_json(_model_dir(cfg.init_from) / CONFIG_FILE)
+    saved = read_json(require_model_dir(cfg.init_from, "--init-from") / CONFIG_FILE)
     old = saved.get("target_delimiter", cfg.target_delimiter)
     if old != cfg.target_delimiter:
         raise ValueError(f"--target-delimiter {cfg.target_delimiter!r} differs from the {old!r} "
@@ -92,7 +93,7 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
         if not cfg.init_from:
             raise ValueError("--stage 2 starts from a stage-1 checkpoint: pass --init-from PATH "
                              "(or --joint to train fresh codes with the backbone)")
-        model = CTRModel.from_pretrained(_model_dir(cfg.init_from))
+        model = CTRModel.from_pretrained(require_model_dir(cfg.init_from, "--init-from"))
         if [t.name for t in tasks] != model.config.task_names:
             raise ValueError(f"--init-from {cfg.init_from}: its tasks differ from the training data "
                              "(same --tasks / --max-tasks / --drop-single-answer as stage 1?)")
@@ -103,19 +104,11 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
     vectors = description_vectors(backbone, tok, tasks) if cfg.task_init == "description" else None
     model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors)
     if cfg.init_from:
-        src = CTRModel.from_pretrained(_model_dir(cfg.init_from), backbone=backbone, tokenizer=tok)
+        src = CTRModel.from_pretrained(require_model_dir(cfg.init_from, "--init-from"), backbone=backbone, tokenizer=tok)
         model.load_state_dict(src.state_dict())
     if ctr_cfg.use_codes and cfg.kmeans_init:
         model.kmeans_init()
     return model
-
-
-def _model_dir(path: str) -> Path:
-    """Accept a run folder (its final/ model), a checkpoint or a model folder."""
-    found = find_model_dir(path)
-    if found is not None:
-        return found
-    raise FileNotFoundError(f"--init-from {path}: no CTR model found (ctr_config.json)")
 
 
 def make_optimizer(model: CTRModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -239,7 +232,6 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     revival = core.config.use_codes and core.config.quantizer == "plain"
     if revival:  # usage and dead-code revival once per optimizer step, over all processes
         core.quantizer.defer_usage = True
-    seq2seq = is_encoder_decoder(core.backbone)
     tok = core.tokenizer
     encoded = encode_tasks(tasks, PromptEncoder.for_model(core), cfg.max_source_len, cfg.max_target_len)
     sampler = MixtureSampler([len(e) for e in encoded], cfg.mixing, cfg.task_cap, cfg.seed)
@@ -269,7 +261,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
         for k in range(n_micro):
             chunk = rows[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
-            batch = {n: v.to(acc.device) for n, v in collate(chunk, tok.pad_token_id, seq2seq).items()}
+            batch = {n: v.to(acc.device) for n, v in collate(chunk, tok.pad_token_id, core.adapter).items()}
             if cfg.no_codes:
                 batch.pop("task_ids")
             sync = acc.no_sync(model) if k < n_micro - 1 else contextlib.nullcontext()

@@ -1,0 +1,1 @@
+"""Interoperability: a code as a PEFT adapter or a plain tensor, and a `ctr` model for lm-evaluation-harness."""
