@@ -1,67 +1,102 @@
-"""Issue 11, fix 1: the near-suite table before and after one prompt format, side by side.
+"""Issue 11, fix 1: the CPU tables before and after one prompt format, side by side.
 
-Before: results/near_suite/cpu/near_smollm2.json (committed, old scorer: stripped input + " " + choice).
-After: the same commands (scripts/results_smollm2.sh step 7 columns) rerun on the fixed
-code into RUNS/near_cpu/<column>/results.json; their results are copied into
-results/near_suite/cpu/format_rerun.json so that the table regenerates from committed data.
+Before: the committed results (old scorer: stripped input + " " + choice, where training
+saw "\\n" + target): results/near_suite/cpu/near_smollm2.json and results/adaptation/cpu/*.json.
+After: the same commands of scripts/results_smollm2.sh (steps 2-4 and 7) rerun on the fixed
+code into RUNS/; their results are copied into results/<experiment>/cpu/format_rerun.json so
+that the tables regenerate from committed data.
 Usage: python scripts/compile_format_rerun.py [RUNS]   (default runs_fmt)
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from ctr.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "results/near_suite/cpu"
-COLUMNS = [("zero_shot", "backbone zero-shot"), ("multitask", "multi-task prompted baseline"),
-           ("zero_label", "CTR zero-label")]
-TASKS = ["glue_sst2", "trec", "ag_news"]
+# column -> (title, run folder of the "after" results, file inside it, key of a few-shot run)
+FEW = "few_shot.json"
+NEAR = {"out": ROOT / "results/near_suite/cpu", "tasks": ["glue_sst2", "trec", "ag_news"],
+        "title": "Near suite", "columns": {
+            "zero_shot": ("backbone zero-shot", "near_cpu/zero_shot", "results.json", None),
+            "multitask": ("multi-task prompted baseline", "near_cpu/multitask", "results.json", None),
+            "zero_label": ("CTR zero-label", "near_cpu/zero_label", "results.json", None),
+            "bitwise": ("CTR few-shot (Bitwise)", "near_cpu/few_shot", FEW, "bitwise"),
+            "discrete": ("discrete only", "near_cpu/few_shot", FEW, "discrete"),
+            "prompt_tuning": ("prompt tuning", "near_cpu/few_shot", FEW, "prompt_tuning")}}
+ADAPT = {"out": ROOT / "results/adaptation/cpu",
+         "tasks": ["super_glue_rte", "super_glue_copa", "super_glue_cb"],
+         "title": "RTE / COPA / CB adaptation", "columns": {
+             "zero_shot": ("backbone zero-shot", "zs3_smollm2", "results.json", None),
+             "zero_label": ("CTR zero-label", "zl_smollm2", "results.json", None),
+             "bitwise": ("CTR few-shot (Bitwise)", "fs_smollm2", FEW, "bitwise"),
+             "discrete": ("discrete only", "fs_smollm2", FEW, "discrete"),
+             "prompt_tuning": ("prompt tuning", "fs_smollm2", FEW, "prompt_tuning")}}
 
 
-def medians(result: dict | None) -> dict[str, float | None]:
+def read(path: Path, run: str | None) -> dict | None:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return data.get("runs", {}).get(run) if run else data
+
+
+def before_near(col: str, run: str | None) -> dict | None:
+    data = json.loads((NEAR["out"] / "near_smollm2.json").read_text())
+    return (data.get("few_shot") or {}).get("runs", {}).get(run) if run else data.get(col)
+
+
+def before_adapt(col: str, run: str | None) -> dict | None:
+    name = {"zero_shot": "zero_shot3.json", "zero_label": "zero_label.json"}.get(col, FEW)
+    return read(ADAPT["out"] / name, run)
+
+
+def median(result: dict | None, task: str) -> str:
     tasks = (result or {}).get("tasks", {})
-    return {t: (tasks[t]["median"] if t in tasks else None) for t in TASKS}
+    return f"{tasks[task]['median']:.1f}" if task in tasks else "-"
+
+
+def compile_table(spec: dict, before, runs: Path) -> str:
+    out_json = spec["out"] / "format_rerun.json"
+    after = json.loads(out_json.read_text())["after"] if out_json.exists() else {}
+    for col, (_, folder, name, run) in spec["columns"].items():
+        found = read(runs / folder / name, run)
+        if found is not None:
+            after[col] = found
+    out_json.write_text(json.dumps({"after": after, "provenance": provenance()}, indent=1) + "\n")
+    cols = spec["columns"]
+    lines = ["| task | " + " | ".join(f"{title}: before / after" for title, *_ in cols.values()) + " |",
+             "|---|" + "---|" * len(cols)]
+    for t in spec["tasks"]:
+        cells = [f"{median(before(c, v[3]), t)} / {median(after.get(c), t)}" for c, v in cols.items()]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs_fmt")
-    before = json.loads((OUT / "near_smollm2.json").read_text())
-    out_json = OUT / "format_rerun.json"
-    after = json.loads(out_json.read_text())["after"] if out_json.exists() else {}
-    for col, _ in COLUMNS:
-        path = runs / "near_cpu" / col / "results.json"
-        if path.exists():
-            after[col] = json.loads(path.read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
-    out_json.write_text(json.dumps({"after": after, "commit": commit, "provenance": provenance()}, indent=1) + "\n")
-    lines = ["| task | " + " | ".join(f"{name}: before / after" for _, name in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"
-    for t in TASKS:
-        cells = [f"{fmt(medians(before.get(c))[t])} / {fmt(medians(after.get(c))[t])}" for c, _ in COLUMNS]
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    picks = (after.get("zero_label") or {}).get("zero_label", {})
-    picked = [f"- {t}: `{', '.join(v.get('from_tasks', ['?']))}` (agreement {v.get('agreement')})"
-              for t, v in picks.items()] if isinstance(picks, dict) else []
-    (OUT / "format_rerun.md").write_text(
-        "# Near suite before / after one prompt format (issue 11, fix 1)\n\n"
-        "Same commands, data, seeds and budget as `near_smollm2.md` (24 T0 tasks, 120 x 8, "
-        "`--preset cpu-small` as it was then, i.e. the paper's CTR module with the projections "
-        "at 0.01 x lr; 50 examples x first 2 templates, median %). Before: the old scorer "
-        "(stripped input + `\" \"` + choice, where training saw `\"\\n\"` + target). After: one "
-        "rule for training and scoring (`ctr/core/prompt_format.py`; decoder-only answers scored "
-        "without the EOS training appends). `-`: not rerun in this session (CPU time).\n\n"
-        + table + "\n\n" + ("Codes picked without labels (after):\n\n" + "\n".join(picked) + "\n\n" if picked else "")
-        + f"Command: steps 1 and 7 of `scripts/results_smollm2.sh` with `R=runs_fmt` "
-        f"(the columns rerun), then `python scripts/compile_format_rerun.py`. "
-        f"Commit {commit}; this 2-core CPU (shared with other runs); 2026-11-28.\n")
-    print(table)
+    near = compile_table(NEAR, before_near, runs)
+    adapt = compile_table(ADAPT, before_adapt, runs)
+    commit = (provenance()["commit"] or "?")[:7]
+    text = (
+        "# CPU tables before / after one prompt format (issue 11, fix 1)\n\n"
+        "Same commands, data, seeds, checkpoints' recipe and budget as `near_smollm2.md` and "
+        "`../../adaptation/cpu/adaptation_smollm2.md` (stage 1: 24 T0 tasks, 120 x 8, `--preset "
+        "cpu-small` as it was then, i.e. the paper's CTR module with the projections at 0.01 x lr; "
+        "near suite: 50 examples x first 2 templates; RTE/COPA/CB: 50 examples x all original-task "
+        "templates; median %). Before: the old scorer (stripped input + `\" \"` + choice, where "
+        "training saw `\"\\n\"` + target). After: one rule for training and scoring "
+        "(`ctr/core/prompt_format.py`; decoder-only answers scored without the EOS training "
+        "appends). 50 examples carry about +-7 points of sampling noise. `-`: not rerun.\n\n"
+        f"## Near suite\n\n{near}\n\n## RTE / COPA / CB adaptation\n\n{adapt}\n\n"
+        "Command: `bash scripts/results_smollm2.sh runs_fmt` (steps 1-4 and 7; the stage-1 and "
+        "multi-task checkpoints trained once on the fixed code), then "
+        f"`python scripts/compile_format_rerun.py runs_fmt`. Commit {commit}; the project's 2-core "
+        "CPU (shared with other jobs); 2026-11-28.\n")
+    (NEAR["out"] / "format_rerun.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

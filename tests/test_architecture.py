@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
-WINGS = ("core", "tasks", "train", "inference", "adapt", "analysis", "experiments")
+WINGS = ("core", "tasks", "train", "inference", "adapt", "analysis", "experiments", "interop")
 
 
 def strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:
@@ -84,3 +84,10 @@ def test_import_contracts_hold():
     res = subprocess.run([exe, "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_tests_mirror_the_package_folders():
+    test_dirs = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    packages = {p.parent.name for p in (ROOT / "ctr").glob("*/__init__.py")} - {"bench"}
+    assert test_dirs <= packages, f"test folders without a package: {test_dirs - packages}"
+    assert set(WINGS) <= test_dirs, f"wings without tests: {set(WINGS) - test_dirs}"

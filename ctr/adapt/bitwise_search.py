@@ -14,6 +14,10 @@ of everything the recorded steps depend on (start candidates, values per positio
 seed, and the objective's own fingerprint); a rerun with other settings starts fresh and
 replaces the file. `max_sweeps` is not part of it: the steps of sweep s do not depend on
 it, so a rerun replays the sweeps below its own limit and continues past the recorded ones.
+
+`select` (the gradient guide of `ctr.adapt.guided_search`) may narrow the values scored at
+a position; its fingerprint joins the settings and its record (which values it scored)
+joins each position's.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from ctr.fileio import append_jsonl, read_jsonl, write_jsonl
 from ctr.inference.scoring import RankScorer, ScoreRequest
 
 Objective = Callable[[Sequence[Sequence[int]]], list[float]]  # codes -> objective (lower wins)
+# (code, position, that position's other values) -> (values to score, fields for its record)
+Select = Callable[[list[int], int, list[int]], tuple[list[int], dict]]
 
 
 @dataclass
@@ -53,18 +59,21 @@ def fingerprint(obj) -> str:
 
 
 def search_settings(starts: Sequence[Sequence[int]], values: Sequence[Sequence[int]], seed: int,
-                    objective_id: str | None) -> dict[str, object]:
+                    objective_id: str | None, select_id: str | None = None) -> dict[str, object]:
     """What a recorded trajectory depends on; a replay is valid only when all of it matches."""
-    return {"starts": fingerprint([list(c) for c in starts]),
-            "values": fingerprint([list(v) for v in values]), "seed": seed,
-            "objective": objective_id}
+    settings = {"starts": fingerprint([list(c) for c in starts]),
+                "values": fingerprint([list(v) for v in values]), "seed": seed,
+                "objective": objective_id}
+    if select_id is not None:  # absent for the exhaustive search: older trajectories still replay
+        settings["select"] = select_id
+    return settings
 
 
 def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
                    values: Sequence[Sequence[int]], max_sweeps: int = 20, seed: int = 0,
                    trajectory_path: str | Path | None = None, chunk: int | None = None,
                    on_step: Callable[[dict], None] | None = None,
-                   objective_id: str | None = None) -> SearchResult:
+                   objective_id: str | None = None, select: Select | None = None) -> SearchResult:
     """Greedy coordinate search. `starts`: candidate start codes (the best one is taken);
     `values[p]`: the values tried at position p. `chunk` caps codes per objective call
     (default: all of a position's codes in one call; a `ShotObjective`'s scorer batches
@@ -73,14 +82,19 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
     `objective_id` identifies the objective for trajectory replay (default: the
     objective's `fingerprint()` when it has one, as `ShotObjective` does). A plain
     function without one is identified by nothing: its trajectory is replayed whenever
-    starts, values and seed match, so pass an id when the function can change."""
+    starts, values and seed match, so pass an id when the function can change.
+
+    `select(code, position, trial_values) -> (values to score, record fields)`: which of a
+    position's other values are scored (default: all of them)."""
     if not starts:
         raise ValueError("bitwise_search: no start codes")
     L = len(values)
     t0 = time.time()
     if objective_id is None and callable(getattr(objective, "fingerprint", None)):
         objective_id = objective.fingerprint()
-    settings = search_settings(starts, values, seed, objective_id)
+    select_id = select.fingerprint() if callable(getattr(select, "fingerprint", None)) else (
+        None if select is None else "select")
+    settings = search_settings(starts, values, seed, objective_id, select_id)
     log: list[dict] = []
     done: set[tuple[int, int]] = set()
     path = Path(trajectory_path) if trajectory_path else None
@@ -88,7 +102,8 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
         log = read_jsonl(path, repair=True)
         recorded = log[0].get("settings", {}) if log and log[0].get("event") == "start" else None
         if log and recorded != settings:
-            differ = [k for k in settings if (recorded or {}).get(k) != settings[k]]
+            differ = [k for k in {**(recorded or {}), **settings}
+                      if (recorded or {}).get(k) != settings.get(k)]
             print(f"[bitwise-search] {path}: recorded with other settings "
                   f"({', '.join(differ) if recorded else 'no fingerprint'} differ); "
                   "starting fresh and replacing it", flush=True)
@@ -125,10 +140,13 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
             if (sweep, step) in done:
                 continue
             trial_values = [v for v in values[pos] if v != code[pos]]
+            picked: dict = {}
+            if select is not None and trial_values:
+                trial_values, picked = select(list(code), pos, trial_values)
             trials = [code[:pos] + [v] + code[pos + 1:] for v in trial_values]
             scores = score(trials) if trials else []
             rec = {"event": "position", "sweep": sweep, "step": step, "position": pos,
-                   "tried": len(trials), "accepted": False}
+                   "tried": len(trials), "accepted": False, **picked}
             if scores:
                 i = min(range(len(scores)), key=lambda j: (scores[j], j))
                 rec["best_value"], rec["best_objective"] = trial_values[i], scores[i]

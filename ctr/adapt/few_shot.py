@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
+from ctr.adapt.bitwise_search import Shot, ShotObjective
 from ctr.config import opt
 from ctr.tasks.registry import get_task, render_task
 from ctr.inference.evaluate import evaluate
@@ -29,6 +29,7 @@ from ctr.adapt.prompt_tuning import tune_prompt
 from ctr.inference.scoring import RankScorer, tokenize_request
 from ctr.tasks.splits import AdaptSplit
 from ctr.adapt.common import AdaptCommon, prepare_adaptation, selection_templates
+from ctr.adapt.guided_search import check_guide, check_top, make_guide, resolve_top, run_search
 
 
 @dataclass
@@ -38,12 +39,25 @@ class FewShotConfig(AdaptCommon):
     values: Literal["all", "seen"] = opt(
         "all", "values tried per position: all K, or those seen there in training codes")
     max_sweeps: int = opt(20, "maximum sweeps over the positions")
+    guide: Literal["none", "gradient"] = opt(
+        "none", "none: score every value of a position exactly; gradient: rank them by a first-order "
+                "estimate from one backward pass and score only the best --guide-top exactly "
+                "(ctr.adapt.guided_search)")
+    guide_top: int | None = opt(None, "--guide gradient: values scored exactly per position, 1 to "
+                                      "K-1 (K-1 scores every value, as --guide none); default 8, "
+                                      "or K-1 if smaller")
     holdout: float = opt(0.0, "fraction of shots held out: the search runs on the rest and the "
                               "returned code is the trajectory point best on the held-out shots")
     prompt_tuning: bool = opt(False, "also train and evaluate a continuous prompt on the same shots")
     prompt_steps: int = opt(50, "prompt-tuning steps")
     prompt_lr: float = opt(3e-3, "prompt-tuning learning rate")
     output_dir: str = opt("runs/few_shot", "where trajectories, codes and results go")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_guide(self.guide)
+        if self.guide_top is not None:  # its upper bound (K - 1) once the model is loaded
+            check_top(self.guide_top)
 
 
 def make_shots(model: CTRModel, task, examples, templates, cfg: AdaptCommon) -> list[Shot]:
@@ -95,9 +109,10 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
                      "files": [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns]
                                for f in files],
                      "code_table": model.code_table(), "backbone": model.config.backbone}
-    result = bitwise_search(search_obj, [c for c, _ in candidates], values, cfg.max_sweeps, cfg.seed,
-                            trajectory_path=out / f"trajectory_{name}.jsonl",
-                            objective_id=fingerprint([search_obj.fingerprint(), checkpoint_id]))
+    guide = make_guide(cfg.guide, model, search_shots, cfg.guide_top, cfg.batch_size)
+    result, report = run_search(search_obj, [c for c, _ in candidates], values, guide, cfg.max_sweeps,
+                                cfg.seed, trajectory_path=out / f"trajectory_{name}.jsonl",
+                                objective_id=fingerprint([search_obj.fingerprint(), checkpoint_id]))
     chosen, how = result.code, "search objective"
     held_scores = None
     if held:
@@ -117,17 +132,21 @@ def adapt_task(model: CTRModel, name: str, cfg: FewShotConfig,
             "codes_scored": result.evaluations, "seconds": round(time.time() - t0, 1),
             "held_out_objectives": held_scores, "shots": [e.index for e in split.examples],
             "shot_source": split.source, "exclude": split.exclude,
-            "templates": [t.name for t in templates], "search_shots": len(search_obj.shots)}
+            "templates": [t.name for t in templates], "search_shots": len(search_obj.shots),
+            "search": report}
 
 
 def run_few_shot(cfg: FewShotConfig) -> dict[str, Any]:
     model, tasks, candidates, scorer, out = prepare_adaptation(cfg)
+    if cfg.guide == "gradient":  # before any shot is drawn
+        resolve_top(cfg.guide_top, model.config.codebook_size)
     adapted = {}
     for name in tasks:
         adapted[name] = a = adapt_task(model, name, cfg, candidates, scorer, out)
         print(f"[few-shot] {name}: start {a['start_code']} ({a['start_tasks'][0]}, objective "
               f"{a['start_objective']:.3f}) -> {a['search_code']} (objective {a['search_objective']:.3f}) "
-              f"in {a['sweeps']} sweeps, {a['codes_scored']} codes, {a['seconds']}s", flush=True)
+              f"in {a['sweeps']} sweeps, {a['codes_scored']} codes, {a['seconds']}s "
+              f"(--guide {cfg.guide})", flush=True)
     write_json(out / "few_shot.json", {"config": dataclasses.asdict(cfg), "tasks": adapted,
                                        "provenance": provenance()})
     exclude = {t: a["exclude"] for t, a in adapted.items()}  # carried by the codes files

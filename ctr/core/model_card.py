@@ -9,19 +9,25 @@ says so in the card, and a card that cannot be written is a warning.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
+from ctr.core.adapter import DecoderOnlyAdapter, Seq2SeqAdapter
 from ctr.core.codes import code_usage
 from ctr.provenance import command_line
 
 CARD_FILE = "README.md"
 MAX_TABLE_ROWS = 100  # code-table rows shown; the full table is in code_table.json
+# (backbone kind, where the soft prompt goes) per backbone adapter, in words
+FAMILY_WORDS = {Seq2SeqAdapter: ("seq2seq (encoder-decoder)", "encoder input"),
+                DecoderOnlyAdapter: ("decoder-only", "input")}
 
 
 @dataclass
@@ -41,11 +47,20 @@ def write_model_card(folder: str | Path, model: Any, info: CardInfo | None = Non
     warning) when it could not be written: a save never fails because of its card."""
     try:
         path = Path(folder) / CARD_FILE
-        path.write_text(model_card(model, info, final if final is not None else folder))
+        path.write_text(model_card(model, info, public_path(final if final is not None else folder)))
         return path
     except Exception as e:  # noqa: BLE001  (the card is a courtesy, the weights are the save)
         warnings.warn(f"model card not written: {type(e).__name__}: {e}", stacklevel=2)
         return None
+
+
+def public_path(path: str | Path) -> str:
+    """`path` as it will be named once every atomic save around it has finished: a
+    temporary folder `.NAME.tmp-...` (ctr.fileio.atomic_dir, e.g. a checkpoint being
+    written) becomes NAME."""
+    parts = [m.group(1) if (m := re.fullmatch(r"\.(.+)\.tmp-.+", part)) else part
+             for part in Path(path).parts]
+    return str(Path(*parts)) if parts else str(path)
 
 
 def model_card(model: Any, info: CardInfo | None = None, where: str | Path = "MODEL") -> str:
@@ -90,8 +105,8 @@ def _stage(cfg: Any, info: CardInfo) -> str:
 def _overview(model: Any, info: CardInfo) -> str:
     cfg = model.config
     bb = model.backbone
-    kind = "seq2seq (encoder-decoder)" if getattr(bb.config, "is_encoder_decoder", False) \
-        else "decoder-only"
+    kind, prompt_place = next((w for cls, w in FAMILY_WORDS.items() if isinstance(model.adapter, cls)),
+                              (type(model.adapter).__name__, "input"))
     hidden = bb.get_input_embeddings().embedding_dim
     params = sum(p.numel() for p in bb.parameters())
     rows = [("backbone", f"`{cfg.backbone or '?'}`: {kind}, {bb.config.model_type}, hidden size "
@@ -100,7 +115,7 @@ def _overview(model: Any, info: CardInfo) -> str:
     if cfg.use_codes:
         rows += [("code", f"{cfg.code_length} positions x {cfg.codebook_size} values: a code becomes "
                           f"{cfg.code_length} soft-prompt vectors in front of the "
-                          f"{'encoder input' if kind.startswith('seq2seq') else 'input'}"),
+                          f"{prompt_place}"),
                  ("quantizer", f"{cfg.quantizer}, codebook init {cfg.codebook_init}, decoder init "
                                f"{cfg.decoder_init}")]
     rows += [("prompt format", f"input, then {cfg.target_delimiter!r}, then the target"

@@ -43,6 +43,7 @@ from ctr.core.model import BACKBONE_DIR, CONFIG_FILE, CTRModel
 from ctr.core.prompt_format import PromptEncoder
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.interop.export_config import ExportConfig, ExportFormat
+from ctr.interop.families import family_of
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -114,10 +115,10 @@ def soft_prompt_of(model: CTRModel, code: list[int]) -> torch.Tensor:
 
 def peft_config_for(model: CTRModel, base: str):
     """A PEFT PromptTuningConfig equivalent to this model's soft prompt."""
-    from peft import PromptTuningConfig, TaskType
+    from peft import PromptTuningConfig
 
     return PromptTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM if model.adapter.seq2seq else TaskType.CAUSAL_LM,
+        task_type=family_of(model.adapter).peft_task_type,
         num_virtual_tokens=model.config.code_length,
         token_dim=model.backbone.get_input_embeddings().embedding_dim,
         num_transformer_submodules=1,  # T5: the prompt goes to the encoder only, as in CTR
@@ -140,16 +141,25 @@ def export_info(model: CTRModel, chosen: ChosenCode, folder: Path, base: str,
                 fmt: ExportFormat, dtype: str) -> dict:
     """ctr_export.json: where the prompt came from and how inputs must be written for it."""
     enc = PromptEncoder.for_model(model)
+    family = family_of(model.adapter)
+    probe = enc.sources(["x"])[0]
+    ends_with_eos = bool(probe) and probe[-1] == enc.eos
+    prefix = f" with {enc.target_prefix!r} in front" if enc.target_prefix else " directly"
     return {
         "format": fmt.value, "checkpoint": str(folder.resolve()), "code": chosen.code,
         "code_source": chosen.source, "task": chosen.task, "base_model_name_or_path": base,
-        "seq2seq": model.adapter.seq2seq, "num_virtual_tokens": model.config.code_length,
+        "seq2seq": model.adapter.seq2seq, "peft_task_type": family.peft_task_type,
+        "auto_class": family.auto_class, "num_virtual_tokens": model.config.code_length,
         "dtype": dtype,
         "prompt_format": {"target_delimiter": model.config.target_delimiter,
                           "target_eos": model.config.target_eos,
                           "input_suffix": enc.source_suffix, "target_prefix": enc.target_prefix,
-                          "input_ends_with_eos": model.adapter.seq2seq,
-                          "add_special_tokens": False},
+                          "input_ends_with_eos": ends_with_eos,
+                          "add_special_tokens": False,
+                          "in_words": family.inputs.format(suffix=enc.source_suffix, prefix=prefix)},
+        # an input as training wrote it (delimiter, EOS), as text the tokenizer reads back
+        "example_input": model.tokenizer.decode(enc.sources(["<your input>"])[0]),
+        "peft_generate_args": family.peft_generate_args, "peft_notes": family.peft_notes,
     }
 
 
@@ -178,7 +188,7 @@ def run_export(cfg: ExportConfig) -> Path:
             save_file({PROMPT_KEY: prompt}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         else:
             meta = {"code": ",".join(map(str, chosen.code)), "base_model_name_or_path": base,
-                    "seq2seq": str(model.adapter.seq2seq).lower()}
+                    "auto_class": info["auto_class"]}
             save_file({PROMPT_KEY: prompt}, str(tmp / TENSOR_FILE), metadata=meta)
         write_json(tmp / EXPORT_INFO, info)
         (tmp / CARD).write_text(export_card(info, out.resolve()))
@@ -190,36 +200,23 @@ def run_export(cfg: ExportConfig) -> Path:
 
 def export_card(info: dict, out: Path) -> str:
     """README.md of an export: what it is, how to load it, how inputs must look."""
-    seq2seq, base, fmt = info["seq2seq"], info["base_model_name_or_path"], info["format"]
-    auto = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
-    pf = info["prompt_format"]
-    lines = [f"# CTR code {info['code']} as a {'PEFT prompt-tuning adapter' if fmt == 'peft' else 'soft prompt'}",
-             "", f"- code: `{info['code']}` ({info['code_source']}) of `{info['checkpoint']}`",
+    base, fmt, auto = info["base_model_name_or_path"], info["format"], info["auto_class"]
+    what = "PEFT prompt-tuning adapter" if fmt == ExportFormat.PEFT.value else "soft prompt"
+    lines = [f"# CTR code {info['code']} as a {what}", "",
+             f"- code: `{info['code']}` ({info['code_source']}) of `{info['checkpoint']}`",
              f"- {info['num_virtual_tokens']} virtual tokens, {info['dtype']}",
              f"- base model: `{base}`", "",
-             "## Inputs as the code was trained on them", "",
-             (f"Seq2seq: the input is encoded on its own and ends with EOS; targets go to the decoder "
-              f"(end with EOS: {pf['target_eos']})." if seq2seq else
-              f"Decoder-only: tokenize without special tokens (no BOS). The input's trailing "
-              f"whitespace is dropped, then {pf['input_suffix']!r} ends it; the target follows "
-              + (f"with {pf['target_prefix']!r} in front." if pf["target_prefix"] else "directly.")),
+             "## Inputs as the code was trained on them", "", info["prompt_format"]["in_words"],
              "", "## Load it", "", "```python", "import torch",
              f"from transformers import {auto}, AutoTokenizer"]
-    if fmt == "peft":
+    if fmt == ExportFormat.PEFT.value:
         lines += ["from peft import PeftModel", "",
                   f"base = {auto}.from_pretrained({base!r})",
                   f"model = PeftModel.from_pretrained(base, {str(out)!r})",
                   f"tok = AutoTokenizer.from_pretrained({base!r})",
-                  "ids = tok([\"<your input>" + ("" if seq2seq else pf["input_suffix"].encode("unicode_escape").decode())
-                  + "\"], add_special_tokens=False, return_tensors=\"pt\")",
-                  "out = model.generate(**ids, max_new_tokens=32"
-                  + ("" if seq2seq else ", use_cache=False") + ")", "```", ""]
-        if not seq2seq:
-            lines += ["`use_cache=False`: with transformers 5.x, PEFT's cached generation re-inserts "
-                      "the virtual tokens at every step (see ctr/interop/export.py). Left-padded "
-                      "batches: PEFT puts the prompt before the padding and ignores position ids, so "
-                      "padded rows differ slightly from ctr; batches of 1 and right-padded scoring "
-                      "batches are exact.", ""]
+                  f"ids = tok([{info['example_input']!r}], add_special_tokens=False, return_tensors=\"pt\")",
+                  f"out = model.generate(**ids, max_new_tokens=32{info['peft_generate_args']})",
+                  "```", "", info["peft_notes"], ""]
     else:
         lines += ["from safetensors.torch import load_file", "",
                   f"prompt = load_file({str(Path(out) / TENSOR_FILE)!r})[{PROMPT_KEY!r}]  # [L, hidden]",

@@ -47,10 +47,12 @@ from ctr.core.loading import load_model
 from ctr.core.model import CTRModel
 from ctr.inference.generation import encode_texts, generate_ids_with_codes
 from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
+from ctr.interop.families import family_of
 
 try:
-    import lm_eval.models  # noqa: F401  (lm-eval's own models: its registry is filled lazily
-    # only while empty, so they must be in it before `ctr` is)
+    # lm_eval.models registers lm-eval's own models; its registry is filled lazily only while
+    # empty, so they must be in it before `ctr` is (or `--model hf` would stop working)
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -162,7 +164,8 @@ class CTRLM(TemplateLM):
         if model.tokenizer is None:
             raise ValueError(f"checkpoint={checkpoint}: the model has no tokenizer")
         self.tokenizer = model.tokenizer
-        self.backend = "seq2seq" if model.adapter.seq2seq else "causal"
+        self.family = family_of(model.adapter)
+        self.backend = self.family.lm_eval_backend  # how TemplateLM splits context / continuation
         self._device = model.device
         self.batch_size = _batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -204,13 +207,10 @@ class CTRLM(TemplateLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _fit_context(self, ctx: list[int], n_new: int) -> list[int]:
-        """The context cut from the left so that prompt + context + new tokens fit."""
-        if self.model.adapter.seq2seq:
-            ctx = ctx[-self.max_length:]
-            return ctx or [self.eot_token_id]
-        room = max(1, self.max_length - self.prompt_len - n_new)
-        ctx = ctx[-room:]
-        return ctx or [self.prefix_token_id]
+        """The context cut from the left so that the prompt, the context and (decoder-only)
+        the new tokens fit in max_length."""
+        room = self.max_length - self.prompt_len - n_new * self.family.continuation_in_window
+        return ctx[-max(1, room):] or [self.prefix_token_id]
 
     # ---- log-likelihoods -----------------------------------------------------------
     def _score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -289,8 +289,8 @@ class CTRLM(TemplateLM):
                             "temperature and top_p are)", sorted(kwargs))
             contexts = [requests[i].args[0] for i in idx]
             if self.prompt_format is PromptFormat.CTR:
-                room = max(1, self.max_length - self.prompt_len - max_new)
-                ids = encode_texts(self.model, contexts, room)
+                room = self.max_length - self.prompt_len - max_new * self.family.continuation_in_window
+                ids = encode_texts(self.model, contexts, max(1, room))
             else:
                 ids = [self._fit_context(self.tok_encode(c), max_new) for c in contexts]
             new = generate_ids_with_codes(self.model, ids, self.code, max_new_tokens=max_new,
@@ -312,8 +312,9 @@ if __name__ != "__main__":  # run as a script, main() imports the module, which 
 
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line (`lm-eval run ...`) with the `ctr` model registered."""
-    import ctr.interop.lm_eval_model  # noqa: F401  (registers `ctr` when run as __main__)
     from lm_eval.__main__ import cli_evaluate
+
+    import ctr.interop.lm_eval_model  # noqa: F401  (registers `ctr` when run as __main__)
 
     if argv is not None:
         sys.argv = ["lm-eval", *argv]

@@ -35,6 +35,7 @@ from ctr.tasks.mixture import Task, answer_report, load_jsonl_tasks, load_t0_tas
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ctr.core.loading import require_model_dir
 from ctr.core.model import CONFIG_FILE, CTRModel
+from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.core.codes import code_usage
 
@@ -316,7 +317,10 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     acc.wait_for_everyone()
     final = out / "final"
     if acc.is_main_process:
-        core.save_pretrained(final)
+        records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        card = CardInfo(metrics=records[-1] if records else None, stage=cfg.stage,
+                        task_types={t.name: t.task_type for t in tasks})
+        core.save_pretrained(final, card=card)
         if core.config.use_codes:
             write_json(out / "code_table.json", core.code_table())
     acc.wait_for_everyone()

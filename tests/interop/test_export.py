@@ -7,20 +7,19 @@ from __future__ import annotations
 import json
 import warnings
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-peft = pytest.importorskip("peft")
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM  # noqa: E402
-
-from ctr.cli import main  # noqa: E402
-from ctr.config import CTRConfig  # noqa: E402
-from ctr.core.backbone import load_backbone  # noqa: E402
-from ctr.core.model import BACKBONE_DIR, CTRModel  # noqa: E402
-from ctr.inference.generation import encode_texts, generate_ids_with_codes  # noqa: E402
-from ctr.interop.export import PROMPT_KEY, run_export, soft_prompt_of  # noqa: E402
-from ctr.interop.export_config import ExportConfig  # noqa: E402
+from ctr.cli import main
+from ctr.config import CTRConfig
+from ctr.core.backbone import load_backbone
+from ctr.core.model import BACKBONE_DIR, CTRModel
+from ctr.inference.generation import encode_texts, generate_ids_with_codes
+from ctr.interop.export import PROMPT_KEY, run_export, soft_prompt_of
+from ctr.interop.export_config import ExportConfig
 
 L, K = 3, 8
 TEXTS = ["word: cat", "a longer input: tree", "sun"]

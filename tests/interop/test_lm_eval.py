@@ -12,16 +12,16 @@ import pytest
 import torch
 
 pytest.importorskip("lm_eval")
-from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.api.registry import get_model  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+from lm_eval import simple_evaluate
+from lm_eval.api.registry import get_model
+from lm_eval.tasks import TaskManager
 
-from ctr.config import CTRConfig  # noqa: E402
-from ctr.core.backbone import load_backbone  # noqa: E402
-from ctr.core.model import CTRModel  # noqa: E402
-from ctr.inference.generation import generate_ids_with_codes  # noqa: E402
-from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request  # noqa: E402
-from ctr.interop.lm_eval_model import CTRLM, parse_lm_code  # noqa: E402
+from ctr.config import CTRConfig
+from ctr.core.backbone import load_backbone
+from ctr.core.model import CTRModel
+from ctr.inference.generation import generate_ids_with_codes
+from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
+from ctr.interop.lm_eval_model import CTRLM, parse_lm_code
 
 HERE = Path(__file__).parent
 ATOL = 1e-5

@@ -11,6 +11,7 @@ from ctr.core.codes import code_usage
 from ctr.core.model import CONFIG_FILE, WEIGHTS_FILE, CTRModel
 from ctr.core.model_card import CARD_FILE, CardInfo
 from ctr.core.testing import tiny_backbone
+from ctr.fileio import atomic_dir
 from ctr.provenance import command_as
 
 
@@ -61,6 +62,15 @@ def test_card_of_a_model_without_codes(tmp_path):
     text = (tmp_path / "m" / CARD_FILE).read_text()
     assert "multi-task prompted baseline" in text and "Code table" not in text
     assert f"ctr eval --model {tmp_path / 'm'}" in text
+
+
+def test_a_checkpoint_card_names_the_final_folder_not_the_temporary_one(tmp_path):
+    """save_checkpoint saves the model inside atomic_dir's hidden temporary folder."""
+    with atomic_dir(tmp_path / "checkpoint-0000002") as tmp:
+        tiny().save_pretrained(tmp / "model")
+    text = (tmp_path / "checkpoint-0000002" / "model" / CARD_FILE).read_text()
+    assert f"from_pretrained({str(tmp_path / 'checkpoint-0000002' / 'model')!r})" in text
+    assert ".tmp-" not in text
 
 
 def test_a_failing_section_or_card_never_fails_the_save(tmp_path, monkeypatch):

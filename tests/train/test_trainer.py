@@ -131,6 +131,11 @@ def test_cli_train_and_codes(tiny_paths, task_file, tmp_path, capsys):
     assert "Code table (3 tasks)" in printed and "Loss curve" in printed
     assert main(["codes", str(out)]) == 0
     assert "task0" in capsys.readouterr().out
+    # the model card names the task types and the last logged metrics of this run
+    card = (out / "final" / "README.md").read_text()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "| unknown | 3 |" in card and f"| step | {last['step']} |" in card
+    assert "ctr train --model" in card
 
 
 def test_cli_reports_bad_input(tiny_paths, tmp_path, capsys):

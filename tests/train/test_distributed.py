@@ -25,7 +25,7 @@ from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
 from ctr.train.trainer import build_model, load_tasks, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = """
 import json, sys
 from ctr.cli import main

@@ -10,7 +10,7 @@ import pytest
 from ctr.adapt.authors_protocol import distribution_distance, gold_distribution, label_balanced_eval
 from ctr.adapt.common import AdaptCommon
 from ctr.adapt.zero_label import ZeroLabelConfig
-from test_adapt import ctr_model, need_data, train_tiny_run  # tests/ is on sys.path under pytest
+from adapt_support import ctr_model, need_data, train_tiny_run  # tests/adapt is on sys.path under pytest
 
 
 def test_authors_protocol_is_never_the_default():
