@@ -97,14 +97,19 @@ def cmd_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+def take_positional_checkpoint(cfg, args: argparse.Namespace) -> None:
+    """A positional CHECKPOINT is the same as --checkpoint; both at once must agree."""
+    if args.checkpoint_path:
+        if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
+            raise ValueError("give the checkpoint once: positionally or with --checkpoint")
+        cfg.checkpoint = args.checkpoint_path
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ctr.analysis.options import AnalyzeConfig
     from ctr.analysis.report import run_analysis
     cfg = dataclass_from_args(AnalyzeConfig, args)
-    if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
-        if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
-            raise ValueError("give the checkpoint once: positionally or with --checkpoint")
-        cfg.checkpoint = args.checkpoint_path
+    take_positional_checkpoint(cfg, args)
     run_analysis(cfg)
     return 0
 
@@ -119,10 +124,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ctr.interop.export import run_export
     from ctr.interop.export_config import ExportConfig
     cfg = dataclass_from_args(ExportConfig, args)
-    if args.checkpoint_path:  # positional CHECKPOINT, same as --checkpoint
-        if cfg.checkpoint and cfg.checkpoint != args.checkpoint_path:
-            raise ValueError("give the checkpoint once: positionally or with --checkpoint")
-        cfg.checkpoint = args.checkpoint_path
+    take_positional_checkpoint(cfg, args)
     run_export(cfg)
     return 0
 
