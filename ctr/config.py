@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,6 +83,9 @@ class CTRConfig:
                                  "scored with it, decoder-only ones without: ctr.core.prompt_format)")
     backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
     backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
+    lora: dict[str, Any] | None = opt(
+        None, "LoRA settings (r, alpha, dropout, target_modules) when a PEFT LoRA adapter on the "
+              "backbone is saved in the model's lora/ folder (ctr.core.lora); None: no adapter")
 
     def __post_init__(self) -> None:
         check_choice("quantizer", self.quantizer, QUANTIZERS)
@@ -191,11 +195,44 @@ class TrainConfig:
     joint: bool = opt(False, "stage 2 without --init-from: a fresh CTR module around --model, "
                              "codes and backbone trained together from the first step (a backbone "
                              "trained from scratch has nothing for a frozen stage 1 to build on)")
+    data_cache: str | None = opt(
+        None, "folder of the training data cache: the data as a memory-mapped Arrow table and its "
+              "token ids, built once per data/tokenizer/lengths (ctr.train.dataset_cache); "
+              "default: $CTR_DATA_CACHE or ~/.cache/ctr/data")
+    no_data_cache: bool = opt(False, "read and tokenise the data in memory, without the Arrow cache "
+                                     "(JSON lines and the T0 folder only)")
+    data_workers: int = opt(1, "processes reading and tokenising the data when the cache is built")
     limit_examples: int | None = opt(None, "read at most N examples per task file (quick runs)")
+    lora: bool = opt(False, "stage 2: train LoRA adapters (PEFT) and the CTR module; the backbone's "
+                            "base weights stay as they are. The adapter is saved in PEFT's format "
+                            "in the model folder's lora/ (ctr.core.lora)")
+    lora_r: int = opt(16, "LoRA rank (--lora)")
+    lora_alpha: int = opt(32, "LoRA alpha: the update is scaled by alpha / r (--lora)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input (--lora)")
+    lora_target_modules: list[str] = opt(
+        [], "module names LoRA adapts (--lora); default: the attention projections of the "
+            "architecture (T5: q k v o; Llama-like: q_proj k_proj v_proj o_proj)")
+    max_minutes: float | None = opt(
+        None, "time budget: the first steps are timed and the step count (capped by --steps, "
+              "warmup scaled with it) is set so that training and the final save end within M "
+              "minutes; the decision is saved in the checkpoints and kept on --resume "
+              "(ctr.train.time_budget)")
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.data_workers < 1:
+            raise ValueError(f"--data-workers must be >= 1, got {self.data_workers}")
+        if self.no_data_cache and any(p.endswith(".parquet") or os.path.isdir(p) for p in self.train_files):
+            raise ValueError("--no-data-cache reads JSON lines only: Parquet files and saved "
+                             "datasets are read through the data cache")
+        if self.lora and self.stage != 2:
+            raise ValueError("--lora trains adapters on the backbone: use it with --stage 2 "
+                             "(stage 1 keeps the backbone frozen)")
+        if self.lora_r < 1:
+            raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if self.no_codes and self.stage == 1:
             raise ValueError("--no-codes trains the backbone itself: use it with --stage 2")
         if self.joint and (self.stage != 2 or self.init_from or self.no_codes):

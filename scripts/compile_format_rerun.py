@@ -23,17 +23,17 @@ NEAR = {"out": ROOT / "results/near_suite/cpu", "tasks": ["glue_sst2", "trec", "
             "zero_shot": ("backbone zero-shot", "near_cpu/zero_shot", "results.json", None),
             "multitask": ("multi-task prompted baseline", "near_cpu/multitask", "results.json", None),
             "zero_label": ("CTR zero-label", "near_cpu/zero_label", "results.json", None),
-            "bitwise": ("CTR few-shot (Bitwise)", "near_cpu/few_shot", FEW, "bitwise"),
-            "discrete": ("discrete only", "near_cpu/few_shot", FEW, "discrete"),
-            "prompt_tuning": ("prompt tuning", "near_cpu/few_shot", FEW, "prompt_tuning")}}
+            "bitwise": ("CTR few-shot (Bitwise)", "near_cpu/few_shot", "results.json", "bitwise"),
+            "discrete": ("discrete only", "near_cpu/few_shot", "results.json", "discrete"),
+            "prompt_tuning": ("prompt tuning", "near_cpu/few_shot", "results.json", "prompt_tuning")}}
 ADAPT = {"out": ROOT / "results/adaptation/cpu",
          "tasks": ["super_glue_rte", "super_glue_copa", "super_glue_cb"],
          "title": "RTE / COPA / CB adaptation", "columns": {
              "zero_shot": ("backbone zero-shot", "zs3_smollm2", "results.json", None),
              "zero_label": ("CTR zero-label", "zl_smollm2", "results.json", None),
-             "bitwise": ("CTR few-shot (Bitwise)", "fs_smollm2", FEW, "bitwise"),
-             "discrete": ("discrete only", "fs_smollm2", FEW, "discrete"),
-             "prompt_tuning": ("prompt tuning", "fs_smollm2", FEW, "prompt_tuning")}}
+             "bitwise": ("CTR few-shot (Bitwise)", "fs_smollm2", "results.json", "bitwise"),
+             "discrete": ("discrete only", "fs_smollm2", "results.json", "discrete"),
+             "prompt_tuning": ("prompt tuning", "fs_smollm2", "results.json", "prompt_tuning")}}
 
 
 def read(path: Path, run: str | None) -> dict | None:

@@ -10,6 +10,15 @@ tokenised once, their codes x shots rows sorted by length into passes of --batch
 (so a pass holds a few shots under many codes and little padding), target-only LM head.
 Without --checkpoint a fresh CTR model on the backbone is used (timing does not depend on
 training). Last line: `search_speedup=<reference time / batched time> same_code=<true|false>`.
+
+    python -m ctr.bench.search --guided [--shots 8] [--guide-top 8] [--max-sweeps 2]
+
+`--guided` compares the exhaustive batched search with the gradient-guided one
+(`ctr.adapt.guided_search`) instead: same model, shots, start codes, order and values (all
+K by default), one after the other in one run. Also measured, untimed: the ranking's
+recall along the exhaustive trajectory. Last line: `eval_ratio=<exhaustive evaluations /
+guided> time_ratio=<exhaustive time / guided time> objective_ratio=<guided final objective /
+exhaustive final objective>`.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import torch
 from ctr.core.backbone import default_device, load_backbone
 from ctr.train.batching import Encoded, collate
 from ctr.adapt.bitwise_search import ShotObjective, bitwise_search
+from ctr.adapt.guided_search import GradientGuide, loss_and_gradient, ranking_recall, run_search
 from ctr.config import CTRConfig
 from ctr.tasks.registry import get_task, render_task
 from ctr.provenance import provenance
@@ -63,26 +73,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", default=None, help="CTR run/model folder (default: fresh CTR)")
     ap.add_argument("--model", default="smollm2", help="backbone for a fresh CTR model")
     ap.add_argument("--task", default="super_glue_rte")
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--values", type=int, default=16, help="values tried per position")
+    ap.add_argument("--shots", type=int, default=None, help="default 16 (--guided: 8)")
+    ap.add_argument("--values", type=int, default=None,
+                    help="values tried per position (default 16; --guided: all K)")
     ap.add_argument("--candidates", type=int, default=8, help="training codes of a fresh model")
-    ap.add_argument("--max-sweeps", type=int, default=1)
+    ap.add_argument("--max-sweeps", type=int, default=None, help="default 1 (--guided: 2)")
+    ap.add_argument("--guided", action="store_true",
+                    help="exhaustive vs gradient-guided search instead of batched vs reference")
+    ap.add_argument("--guide-top", type=int, default=8, help="--guided: values scored per position")
+    ap.add_argument("--no-recall", action="store_true", help="--guided: skip the recall measurement")
+    ap.add_argument("--trajectory-dir", default=None,
+                    help="--guided: write both searches' trajectories here (a cut run keeps its steps)")
+    ap.add_argument("--max-input-len", type=int, default=1024, help="input tokens kept (from the end)")
+    ap.add_argument("--code-length", type=int, default=10, help="L of a fresh CTR model")
     ap.add_argument("--batch-size", type=int, default=64, help="rows per batched forward")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="model weights for both searches (bf16: GPU tensor cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    defaults = (8, None, 2) if args.guided else (16, 16, 1)
+    for name, value in zip(("shots", "values", "max_sweeps"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     torch.manual_seed(args.seed)
     if args.checkpoint:
         model = load_model(args.checkpoint)
     else:
         backbone, tok = load_backbone(args.model)
-        cfg = CTRConfig(task_names=[f"task{i}" for i in range(args.candidates)])
+        cfg = CTRConfig(task_names=[f"task{i}" for i in range(args.candidates)],
+                        code_length=args.code_length)
         model = CTRModel(backbone, cfg, tok).to(default_device())
     model = model.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
     task = get_task(args.task)
-    common = AdaptCommon(max_templates=1)
+    common = AdaptCommon(max_templates=1, max_input_len=args.max_input_len)
     examples = few_shot(task, args.shots, args.seed).examples
     templates = selection_templates(task, common, examples, labelled=True)
     shots = make_shots(model, task, examples, templates, common)
@@ -93,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     starts = list({tuple(c): None for c in model.code_table().values()})
     starts = [list(c) for c in starts]
     K, L = model.config.codebook_size, model.config.code_length
+    if args.guided:
+        return guided_bench(args, model, shots, starts)
     g = torch.Generator().manual_seed(args.seed)
     values = [sorted(torch.randperm(K, generator=g)[:args.values].tolist()) for _ in range(L)]
     batched_obj = ShotObjective(RankScorer(model, args.batch_size, progress=False), shots)
@@ -122,6 +148,65 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"search_speedup={result['search_speedup']:.2f} same_code={str(result['same_code']).lower()}")
+
+
+def guided_bench(args, model: CTRModel, shots, starts: list[list[int]]) -> None:
+    """Exhaustive vs gradient-guided Bitwise Search on the same everything; prints and
+    writes the figures, and the ratio line last."""
+    K, L = model.config.codebook_size, model.config.code_length
+    n = args.values or K
+    values = [list(range(K))] * L if n >= K else [
+        sorted(torch.randperm(K, generator=torch.Generator().manual_seed(args.seed + p))[:n].tolist())
+        for p in range(L)]
+    obj = ShotObjective(RankScorer(model, args.batch_size, progress=False), shots)
+    obj(starts[:1])  # warm-up: scoring and a backward pass
+    loss_and_gradient(model, shots, model.decoder(model.quantizer.weight[:L]).detach())
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def progress(tag):
+        return lambda r: print(f"[{tag}] sweep {r['sweep']} step {r['step']} position {r['position']}: "
+                               f"scored {r['tried']}, objective {r['objective']:.4f}"
+                               f"{' (accepted)' if r['accepted'] else ''}, {r['time']}s", flush=True)
+    sync()  # the guided search first: the short one is complete even if a long run is cut
+    traj = Path(args.trajectory_dir) if args.trajectory_dir else None
+    if traj:  # fresh files: a resumed search would not be timed
+        traj.mkdir(parents=True, exist_ok=True)
+        for name in ("guided", "exhaustive"):
+            (traj / f"trajectory_{name}.jsonl").unlink(missing_ok=True)
+    path = lambda name: traj / f"trajectory_{name}.jsonl" if traj else None
+    guide = GradientGuide(model, shots, args.guide_top)
+    gd, gd_rep = run_search(obj, starts, values, guide, args.max_sweeps, args.seed,
+                            trajectory_path=path("guided"), on_step=progress("guided"))
+    sync()
+    ex, ex_rep = run_search(obj, starts, values, None, args.max_sweeps, args.seed,
+                            trajectory_path=path("exhaustive"), on_step=progress("exhaustive"))
+    sync()
+    recall = None
+    if not args.no_recall:  # untimed: a fresh guide ranks at each exhaustive step's code
+        recall = ranking_recall(GradientGuide(model, shots, args.guide_top), ex.trajectory, values,
+                                tops=[1, 2, 4, 8, 16, 32, 64])
+    eval_ratio = ex_rep["evaluations"] / gd_rep["evaluations"]
+    time_ratio = ex_rep["seconds"] / gd_rep["seconds"]
+    cpu_time_ratio = ex_rep["cpu_seconds"] / gd_rep["cpu_seconds"]
+    objective_ratio = gd_rep["objective"] / ex_rep["objective"]
+    result = {"task": args.task, "shots": len(shots), "shot_tokens": [len(s.input_ids) for s in shots],
+              "max_input_len": args.max_input_len, "code_length": L, "codebook_size": K,
+              "values_per_position": len(values[0]), "start_codes": len(starts),
+              "max_sweeps": args.max_sweeps, "guide_top": args.guide_top, "dtype": args.dtype,
+              "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+              "exhaustive": {**ex_rep, "code": ex.code, "start_code": ex.start_code,
+                             "start_objective": ex.start_objective},
+              "guided": {**gd_rep, "code": gd.code, "start_code": gd.start_code},
+              "same_code": ex.code == gd.code, "recall": recall,
+              "eval_ratio": round(eval_ratio, 3), "time_ratio": round(time_ratio, 3),
+              "cpu_time_ratio": round(cpu_time_ratio, 3),
+              "objective_ratio": round(objective_ratio, 5),
+              "model": args.checkpoint or args.model, "provenance": provenance()}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"eval_ratio={eval_ratio:.2f} time_ratio={time_ratio:.2f} objective_ratio={objective_ratio:.4f}")
 
 
 if __name__ == "__main__":

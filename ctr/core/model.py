@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctr.core.adapter import IGNORE, BackboneAdapter, adapter_for
 from ctr.core.backbone import load_backbone
+from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
 from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
@@ -334,6 +335,8 @@ class CTRModel(nn.Module):
                 self.backbone.save_pretrained(tmp / BACKBONE_DIR)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(tmp / BACKBONE_DIR)
+            if self.config.lora:  # the LoRA adapter alone, in PEFT's format (ctr.core.lora)
+                save_lora(self.backbone, tmp / LORA_DIR)
             write_model_card(tmp, self, card, final=path)  # never fails the save
 
     @classmethod
@@ -349,6 +352,8 @@ class CTRModel(nn.Module):
             if not source:
                 raise ValueError(f"{path / CONFIG_FILE}: no backbone recorded; pass backbone=")
             backbone, tokenizer = load_backbone(source, dtype=dtype)
+        if config.lora and not has_lora(backbone):
+            load_lora(backbone, path / LORA_DIR)
         model = cls(backbone, config, tokenizer)
         state = load_file(str(path / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -94,6 +94,9 @@ def _safe(fn: Callable[[], Any], default: Any) -> Any:
 
 
 def _stage(cfg: Any, info: CardInfo) -> str:
+    if getattr(cfg, "lora", None):
+        return ("2: codes and LoRA adapters trained (the adapter is in lora/, PEFT's format; "
+                "the base weights are the original backbone's)")
     if info.stage == 1 or (info.stage is None and cfg.use_codes and not cfg.backbone_trained):
         return "1: codes trained, backbone frozen (its weights are the original backbone's)"
     if not cfg.use_codes:

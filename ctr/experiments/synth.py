@@ -6,6 +6,9 @@ random weights together with the code module on the training combinations of
 held-out combination, exact-match accuracy (greedy generation) on unseen inputs under:
 - the best training code: lowest summed target loss on the k shots (the search's start);
 - Bitwise Search from the k shots (`ctr.adapt.bitwise_search`);
+- the gradient-guided Bitwise Search (`ctr.adapt.guided_search`, --guide-top values scored
+  per position) from the same start, with its evaluation count, time and ranking recall
+  next to the exhaustive search's;
 - random codes drawn from the values the search may use (the control);
 - prompt tuning on the same shots (`ctr.adapt.prompt_tuning`).
 Training combinations are scored with their own codes, and the codebook is compared
@@ -32,7 +35,8 @@ from ctr.experiments import synth_tasks as st
 from ctr.analysis.stats import concentrated_values, position_association
 from ctr.train.batching import encode_tasks
 from ctr.core.prompt_format import PromptEncoder
-from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
+from ctr.adapt.bitwise_search import Shot, ShotObjective
+from ctr.adapt.guided_search import GradientGuide, check_top, ranking_recall, run_search
 from ctr.config import TrainConfig, opt
 from ctr.tasks.mixture import Example, Task
 from ctr.fileio import write_json
@@ -47,7 +51,8 @@ from ctr.experiments.synth_report import markdown, plot_alignment
 
 MAX_SOURCE_LEN, MAX_TARGET_LEN = 16, 12  # inputs are 5 letters, targets at most 5 characters
 MAX_NEW_TOKENS = 8
-METHODS = ("own_code", "best_training_code", "bitwise_search", "random_code", "prompt_tuning")
+METHODS = ("own_code", "best_training_code", "bitwise_search", "guided_search", "random_code",
+           "prompt_tuning")
 
 
 @dataclass
@@ -86,6 +91,8 @@ class SynthConfig:
         "seen", "values the search (and the random control) may put at a position: all K, or those "
                 "seen there in training codes (a composition of known values)")
     max_sweeps: int = opt(5, "Bitwise Search: maximum sweeps over the positions")
+    guide_top: int = opt(3, "guided search: values scored exactly per position, 1 to K-1 (ranked by "
+                            "the gradient; ctr.adapt.guided_search)")
     random_draws: int = opt(5, "random codes per held-out combination (accuracy is their mean)")
     prompt_steps: int | None = opt(None, "prompt-tuning steps (preset default: 100, quick: 50)")
     # Soft prompts here have norms ~40 per vector: at 1e-2, 100 Adam steps hardly moved them
@@ -108,6 +115,7 @@ class SynthConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.hidden % 4:
             raise ValueError(f"--hidden must be a multiple of 4 (4 attention heads), got {self.hidden}")
+        check_top(self.guide_top, self.codebook_size)
         st.all_combinations(self.primitives)  # unknown primitive names fail here, before training
 
     def path(self, template: str) -> Path:
@@ -204,9 +212,12 @@ def adapt_heldout(cfg: SynthConfig, model: CTRModel, suite: Suite, seed: int,
         shots = make_shots(model, suite.shots[name])
         evaluation = suite.evaluation[name]
         objective = ShotObjective(scorer, shots, "loss")
-        t0 = time.time()
-        res = bitwise_search(objective, [list(s) for s in starts], values, cfg.max_sweeps, seed)
-        search_s = time.time() - t0
+        res, report = run_search(objective, [list(s) for s in starts], values, None, cfg.max_sweeps, seed)
+        guide = GradientGuide(model, shots, cfg.guide_top, batch_size=64)
+        guided, guided_report = run_search(objective, [list(s) for s in starts], values, guide,
+                                           cfg.max_sweeps, seed)
+        recall = ranking_recall(GradientGuide(model, shots, cfg.guide_top, batch_size=64),
+                                res.trajectory, values)
         rng = random.Random(f"{seed}/random/{name}")
         draws = [[rng.choice(values[p]) for p in range(L)] for _ in range(cfg.random_draws)]
         hits = exact_match(model, evaluation * len(draws),
@@ -220,6 +231,7 @@ def adapt_heldout(cfg: SynthConfig, model: CTRModel, suite: Suite, seed: int,
             "accuracy": {
                 "best_training_code": acc(exact_match(model, evaluation, res.start_code)),
                 "bitwise_search": acc(exact_match(model, evaluation, res.code)),
+                "guided_search": acc(exact_match(model, evaluation, guided.code)),
                 "random_code": statistics.mean(random_acc),
                 "prompt_tuning": acc(exact_match(model, evaluation, prompt=prompt)),
             },
@@ -227,8 +239,10 @@ def adapt_heldout(cfg: SynthConfig, model: CTRModel, suite: Suite, seed: int,
             "start_code": res.start_code, "start_tasks": owners[tuple(res.start_code)],
             "start_objective": res.start_objective, "search_code": res.code,
             "search_objective": res.objective, "sweeps": res.sweeps,
-            "codes_scored": res.evaluations, "search_seconds": round(search_s, 2),
+            "codes_scored": res.evaluations, "search_seconds": round(report["seconds"], 2),
             "search_code_is_training_code": tuple(res.code) in owners,
+            "guided": {**guided_report, "code": guided.code, "recall": recall["recall"],
+                       "mean_rank_of_best": recall["mean_rank_of_best"]},
         }
     return out
 
@@ -321,7 +335,15 @@ def summarize(runs: list[dict[str, Any]], suite: Suite) -> dict[str, Any]:
                     for m in METHODS[1:]} for n in names}
     overall = {m: statistics.mean(per_task[n][m] for n in names) for m in METHODS[1:]}
     overall["own_code"] = statistics.mean(statistics.mean(r["train_accuracy"].values()) for r in runs)
-    return {"heldout": per_task, "mean": overall,
+    searches = {"bitwise_search": lambda h: {"evaluations": h["codes_scored"],
+                                             "seconds": h["search_seconds"],
+                                             "objective": h["search_objective"]},
+                "guided_search": lambda h: {k: h["guided"][k] for k in
+                                            ("evaluations", "seconds", "objective", "recall")}}
+    mean = lambda xs: statistics.mean(xs) if xs else None
+    cost = {m: {k: mean([x for r in runs for n in names if (x := f(r["heldout"][n])[k]) is not None])
+                for k in f(runs[0]["heldout"][names[0]])} for m, f in searches.items()}
+    return {"heldout": per_task, "mean": overall, "search_cost": cost,
             "train_min": min(min(r["train_accuracy"].values()) for r in runs),
             "search_beats_random": sum(per_task[n]["bitwise_search"] > per_task[n]["random_code"]
                                        for n in names)}

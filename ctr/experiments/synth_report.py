@@ -10,7 +10,8 @@ import numpy as np
 from ctr.experiments import synth_tasks as st
 
 METHOD_TITLES = {"best_training_code": "best training code", "bitwise_search": "Bitwise Search",
-                 "random_code": "random code", "prompt_tuning": "prompt tuning"}
+                 "guided_search": "guided search", "random_code": "random code",
+                 "prompt_tuning": "prompt tuning"}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -43,6 +44,20 @@ def markdown(res: dict[str, Any]) -> str:
             f"seed {r['seed']}: " + ", ".join(
                 f"{METHOD_TITLES[m]} {statistics.mean(h['accuracy'][m] for h in r['heldout'].values()):.2f}"
                 for m in methods) for r in res["runs"]) + ".", ""]
+    cost = s.get("search_cost")
+    if cost:
+        ex, gd = cost["bitwise_search"], cost["guided_search"]
+        fmt = lambda x, spec: "-" if x is None else format(x, spec)
+        lines += ["## Exhaustive vs gradient-guided search (mean per held-out combination and seed)", "",
+                  f"Guided: the {cfg['guide_top']} values per position with the best first-order "
+                  "estimate (one backward pass per code) are scored exactly. Recall: how often the "
+                  "exhaustive search's best value at a position was among them (ranked at the "
+                  "exhaustive search's code).", "",
+                  "| search | codes scored | seconds | final shot loss | recall |", "|---|---:|---:|---:|---:|",
+                  f"| exhaustive (Bitwise Search) | {ex['evaluations']:.1f} | {ex['seconds']:.2f} | "
+                  f"{ex['objective']:.3f} | - |",
+                  f"| gradient-guided | {gd['evaluations']:.1f} | {gd['seconds']:.2f} | "
+                  f"{gd['objective']:.3f} | {fmt(gd['recall'], '.2f')} |", ""]
     lines += ["## Search details (first seed)", "",
               "| held-out combination | start (best training task) | searched code | new code? "
               "| objective start -> end | sweeps |", "|---|---|---|---|---|---|"]

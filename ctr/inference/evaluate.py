@@ -221,7 +221,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     model = load_model(cfg.model, "--model")
     res = evaluate(model, cfg)
     zero = read_json(cfg.zero_shot_results) if cfg.zero_shot_results else None
-    if zero is None and not model.config.use_codes and not model.config.backbone_trained:
+    if zero is None and not model.config.use_codes and not model.config.backbone_trained \
+            and not model.config.lora:
         zero = res  # the bare backbone is its own zero-shot column
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,11 @@ def run_export(cfg: ExportConfig) -> Path:
         raise ValueError(f"CHECKPOINT {cfg.checkpoint} was trained without codes (use_codes=false): "
                          f"there is no code to export; its backbone in {folder / BACKBONE_DIR} "
                          "loads with from_pretrained as it is")
+    if config.lora:
+        raise ValueError(f"CHECKPOINT {cfg.checkpoint} was trained with LoRA: its codes need the "
+                         "adapted backbone, which a prompt-tuning adapter on the base model lacks. "
+                         "Merge it first (ctr.core.lora.merge_lora, then save_pretrained) and "
+                         "export the merged folder")
     chosen = choose_code(cfg, config, folder)  # cheap checks before loading the backbone
     out = _check_output(cfg)
     base = base_model_reference(folder, config)

@@ -81,6 +81,9 @@ def checkpoint_problem(path: Path) -> str | None:
     if isinstance(model_cfg, dict) and model_cfg.get("backbone_trained") \
             and not (path / MODEL_DIR / BACKBONE_DIR / "config.json").is_file():
         return f"no {MODEL_DIR}/{BACKBONE_DIR}/config.json (the trained backbone)"
+    if isinstance(model_cfg, dict) and model_cfg.get("lora") \
+            and not (path / MODEL_DIR / "lora" / "adapter_model.safetensors").is_file():
+        return f"no {MODEL_DIR}/lora/adapter_model.safetensors (the LoRA adapter)"
     return None
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ctr.core.backbone import load_backbone
 from ctr.train.batching import MixtureSampler, collate, encode_tasks
+from ctr.train.dataset_cache import InMemoryRows, open_training_data
 from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
 from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
@@ -38,6 +39,9 @@ from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.core.codes import code_usage
+from ctr.train.lora import lora_summary, train_backbone
+from ctr.train.parallelism import refuse_sharding
+from ctr.train.time_budget import TimeBudget
 
 
 class TrainingDiverged(RuntimeError):
@@ -144,7 +148,8 @@ RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection
                "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
                "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
                "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
-               "codebook_lm_grad")
+               "codebook_lm_grad", "lora", "lora_r", "lora_alpha", "lora_dropout",
+               "lora_target_modules")
 
 
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
@@ -181,6 +186,7 @@ def make_accelerator(precision: str) -> Accelerator:
     accel = getattr(torch, "accelerator", None)
     has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
     acc = Accelerator(mixed_precision=precision, cpu=world > 1 and not has_accelerator)
+    refuse_sharding(acc)  # FSDP / DeepSpeed: not yet (ctr.train.parallelism)
     if world > 1 and acc.num_processes != world:
         raise RuntimeError(
             f"WORLD_SIZE={world} processes were launched but Accelerate set up "
@@ -201,8 +207,12 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     acc = make_accelerator(precision)
+    budget = TimeBudget(cfg, acc, out)  # --max-minutes (ctr.train.time_budget); the clock starts
     torch.manual_seed(cfg.seed)
-    tasks = tasks if tasks is not None else load_tasks(cfg, verbose=acc.is_main_process)
+    # the data: the Arrow cache (ctr.train.dataset_cache), or in memory (--no-data-cache, given tasks)
+    data = open_training_data(cfg, acc) if tasks is None and not cfg.no_data_cache else None
+    tasks = data.tasks if data is not None else (
+        tasks if tasks is not None else load_tasks(cfg, verbose=acc.is_main_process))
     if continues_codes(cfg):
         adopt_model_options(cfg)
 
@@ -210,6 +220,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if cfg.resume and resume_from is None and acc.is_main_process:
         print(f"[ctr] --resume: no checkpoint in {out}, starting fresh")
     if resume_from is not None:
+        budget.adopt(resume_from)  # a step count decided under --max-minutes is kept
         check_resume(resume_from, cfg, [t.name for t in tasks])
         model = CTRModel.from_pretrained(resume_from / "model")
     else:
@@ -217,7 +228,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if cfg.stage == 1:
         model.freeze_backbone()
     else:
-        model.config.backbone_trained = True
+        train_backbone(model, cfg)  # whole, or LoRA adapters with --lora (ctr.train.lora)
     model.train()
     optimizer = make_optimizer(model, cfg)
     # not passed to acc.prepare: Accelerate would step it once per process per step
@@ -234,13 +245,17 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if revival:  # usage and dead-code revival once per optimizer step, over all processes
         core.quantizer.defer_usage = True
     tok = core.tokenizer
-    encoded = encode_tasks(tasks, PromptEncoder.for_model(core), cfg.max_source_len, cfg.max_target_len)
-    sampler = MixtureSampler([len(e) for e in encoded], cfg.mixing, cfg.task_cap, cfg.seed)
+    encoder = PromptEncoder.for_model(core)
+    encoded = data.tokenised(encoder, cfg, acc) if data is not None else InMemoryRows(
+        encode_tasks(tasks, encoder, cfg.max_source_len, cfg.max_target_len))
+    sampler = MixtureSampler(encoded.sizes, cfg.mixing, cfg.task_cap, cfg.seed)
     if acc.is_main_process:
         write_json(out / "train_config.json", dataclasses.asdict(cfg))
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"[ctr] stage {cfg.stage}: {len(tasks)} tasks, {n_train:,} trainable parameters, "
               f"{cfg.steps} steps x {cfg.batch_size} examples, device {acc.device}")
+        if core.config.lora:
+            print(f"[ctr] {lora_summary(core)}")
 
     n_proc = acc.num_processes
     if cfg.batch_size % (n_proc * cfg.micro_batch_size):
@@ -251,12 +266,15 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"stage {cfg.stage}",
                disable=not acc.is_main_process, dynamic_ncols=True)
     last_good = None
+    budget.begin(start)
     for step in bar:
+        if step >= cfg.steps:  # --max-minutes set fewer steps
+            break
         t0 = time.time()
         # dropout, per step and process (each process's shard gets its own masks)
         torch.manual_seed(cfg.seed * 1_000_003 + step + 1_000_000_007 * acc.process_index)
         # every process knows the global batch; it trains on its contiguous shard
-        global_rows = [encoded[t][i] for t, i in sampler.batch(step, cfg.batch_size)]
+        global_rows = encoded.rows(sampler.batch(step, cfg.batch_size))
         n_tokens = sum(len(r.target) for r in global_rows)
         rows = global_rows[acc.process_index * per_process:(acc.process_index + 1) * per_process]
         sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
@@ -287,6 +305,9 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                 f"non-finite loss/gradient at step {step} (loss {stats['loss']}, grad norm "
                 f"{float(grad_norm)}); no update applied. Last good checkpoint: {last_good or 'none'}")
         optimizer.step()
+        decided = budget.after_step(step + 1, core)  # may set cfg.steps, before the next lr
+        if decided:
+            bar.total = cfg.steps
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if revival:  # revival vectors drawn from a per-step generator, alike on every process
@@ -296,7 +317,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
             record = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 6),
-                      "step_time": round(time.time() - t0, 4)}
+                      "step_time": round(time.time() - t0, 4), **decided}
             if core.config.use_codes:
                 usage = code_usage(core.task_codes().cpu(), core.config.codebook_size)
                 record.update(code_perplexity=usage["perplexity"], codes_in_use=usage["codes_in_use"],
@@ -304,23 +325,28 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                 if revival and core.config.dead_code_threshold > 0:
                     record["revived_codes"] = core.quantizer.revived
             append_jsonl(out / "metrics.jsonl", record)
-        if done % cfg.save_every == 0 and done < cfg.steps:
+        if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 last_good = out / f"checkpoint-{done:07d}"
-                save_checkpoint(last_good, core, optimizer, scheduler, done,
-                                {"config": dataclasses.asdict(cfg)})
+                with budget.saving():
+                    save_checkpoint(last_good, core, optimizer, scheduler, done,
+                                    {"config": dataclasses.asdict(cfg), **budget.state()})
                 prune_checkpoints(out, cfg.keep_checkpoints)
         if stop_after is not None and done - start >= stop_after and done < cfg.steps:
             acc.wait_for_everyone()  # the checkpoint is on disk when any process returns
             return out
+        if budget.out_of_time(done, core):  # ends with final/ inside --max-minutes
+            break
     acc.wait_for_everyone()
     final = out / "final"
     if acc.is_main_process:
         records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
         card = CardInfo(metrics=records[-1] if records else None, stage=cfg.stage,
                         task_types={t.name: t.task_type for t in tasks})
-        core.save_pretrained(final, card=card)
+        with budget.saving():
+            core.save_pretrained(final, card=card)
+        budget.finish()
         if core.config.use_codes:
             write_json(out / "code_table.json", core.code_table())
     acc.wait_for_everyone()

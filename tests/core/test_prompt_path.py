@@ -85,7 +85,8 @@ def test_every_model_option_is_a_train_flag_and_reaches_the_checkpoint_config():
     ctr_fields = {f.name for f in dataclasses.fields(CTRConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settable = ctr_fields - {"task_names", "use_codes", "backbone", "backbone_trained", "code_dim",
-                             "task_embed_dim", "placement", "target_eos"}
+                             "task_embed_dim", "placement", "target_eos",
+                             "lora"}  # set by the trainer from --lora-* (ctr.train.lora)
     assert settable <= set(MODEL_KEYS) <= train_fields
     args = build_parser().parse_args(
         ["train", "--beta", "0.25", "--vq-weight", "0.5", "--codebook-init", "vocab",

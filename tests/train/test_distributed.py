@@ -78,11 +78,15 @@ def runs(tiny_paths, tmp_path_factory):
            "ema": train(TrainConfig(**c("one_ema", micro_batch_size=4, **ema)))}
     s2 = dict(stage=2, init_from=str(one["s1"]))
     one["s2"] = train(TrainConfig(**c("one_s2", **s2)))
+    lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
+    one["lora"] = train(TrainConfig(**c("one_lora", **lora)))
     cli = ["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
            str(tasks), "--max-source-len", "32", "--max-target-len", "8", "--code-length", "3",
            "--codebook-size", "8", "--save-every", "3", "--dead-code-threshold", str(REVIVAL),
            "--output-dir", str(root / "two_s1")]
     spec = [{"argv": cli}, {"cfg": c("two_ema", **ema)}, {"cfg": c("two_s2", **s2)},
+            {"cfg": c("two_lora", **lora)},
+            {"cfg": c("two_budget", max_minutes=5.0, steps=10)},  # --max-minutes: one decision
             {"cfg": c("two_cut", **s1), "stop_after": 4},  # killed after step 4
             {"cfg": c("two_cut", resume=True, **s1)}]
     (root / "spec.json").write_text(json.dumps(spec))
@@ -98,6 +102,8 @@ def weights(final: Path) -> dict[str, torch.Tensor]:
     if (final / "backbone").exists():
         model = CTRModel.from_pretrained(final)
         w.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+    if (final / "lora").exists():  # the LoRA adapter
+        w.update({f"lora.{k}": v for k, v in load_file(str(final / "lora" / "adapter_model.safetensors")).items()})
     return w
 
 
@@ -113,7 +119,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-4) -> None:
         assert diff < atol, f"{k}: max abs diff {diff}"
 
 
-@pytest.mark.parametrize("name", ["s1", "ema", "s2"])
+@pytest.mark.parametrize("name", ["s1", "ema", "s2", "lora"])
 def test_two_processes_train_the_one_process_model(runs, name):
     root, one = runs
     two = root / f"two_{name}"
@@ -132,6 +138,17 @@ def test_two_processes_train_the_one_process_model(runs, name):
         assert sum(r["revived_codes"] for r in rb) > 0
         assert json.loads((two / "code_table.json").read_text()) == \
             json.loads((root / "one_s1" / "code_table.json").read_text())
+
+
+def test_a_time_budget_is_decided_once_for_all_processes(runs):
+    """The main process's step count reaches every process (else the collectives would
+    not match and the launch would hang or fail)."""
+    from ctr.train.time_budget import BUDGET_FILE, PROBE_STEPS
+    root, _ = runs
+    budget = json.loads((root / "two_budget" / BUDGET_FILE).read_text())
+    assert budget["decided_at_step"] == PROBE_STEPS and budget["steps_done"] == budget["steps"]
+    assert [r["step"] for r in records(root / "two_budget")] == list(range(1, budget["steps"] + 1))
+    assert (root / "two_budget" / "final" / "ctr_weights.safetensors").exists()
 
 
 def test_killed_two_process_run_resumes_to_the_same_weights(runs):

@@ -1,0 +1,464 @@
+"""Compile the evidence table of scripts/evidence_smollm2.sh ("Make the codes matter", item 3)
+from the JSON the ctr commands wrote (never from their printed lines) into
+results/evidence/cpu/evidence.md + evidence.json.
+
+    python scripts/compile_evidence.py [RUNS] [--out DIR] [--n-boot N] [--boot-seed S]
+                                       [--coupling comonotone|independent]
+
+RUNS (default runs_evidence) is laid out as the script writes it:
+    backbone/TASK[/seedS]/results.json                  ctr eval of the bare backbone
+    seedS/PAIR/{s1,s2,mt}/                               training runs (PAIR: main, lodo)
+    seedS/PAIR/TASK/mt/results.json                      ctr eval of the multi-task baseline
+    seedS/PAIR/TASK/zl_s1|zl_s2/{results,zero_label}.json  ctr zero-label on stage 1 / stage 2
+    seedS/PAIR/TASK/fs/results.json                      ctr few-shot: runs bitwise, discrete, prompt_tuning
+    MODE, timings.tsv                                    written by the script
+
+Statistic of a cell (column x task): accuracy per template, median over templates per seed,
+mean over seeds. `ctr eval` stores per template only n and the accuracy (k correct of n), not
+which examples were right, so the bootstrap resamples each template's 0/1 vector of k ones
+and n - k zeros (= Binomial(n, k/n) / n). Templates of one run are resampled jointly under a
+comonotone coupling (the same uniforms for every template: the most correlated templates can
+be, which widens the interval of their median; `--coupling independent` draws each template
+on its own). Seeds and columns are resampled independently, so the interval of a difference
+between two columns is unpaired (wider than the paired one the same examples would allow).
+Beside it, the difference is also bootstrapped over (seed, template) pairs with
+ctr.analysis.stats.paired_effect: whether it holds across prompts and seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctr.analysis.stats import paired_effect
+from ctr.provenance import provenance
+
+COLUMNS = [  # key, title
+    ("backbone", "backbone"),
+    ("mt", "multi-task prompted baseline"),
+    ("zl_s1", "CTR stage-1 zero-label"),
+    ("zl_s2", "CTR stage-2 zero-label"),
+    ("bitwise", "CTR few-shot (Bitwise)"),
+    ("discrete", "discrete only"),
+    ("prompt_tuning", "prompt tuning"),
+]
+FEW_SHOT_RUNS = ("bitwise", "discrete", "prompt_tuning")
+TRAIN_DIRS = ("s1", "s2", "mt")
+PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
+LEVEL = 0.95
+
+
+def load(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# ---- reading the runs --------------------------------------------------------------------------
+def template_counts(rec: dict[str, Any], where: str) -> dict[str, tuple[int, int]]:
+    """{template: (correct, n)} of one task record of a results.json, recovered from the stored
+    accuracy (a percentage rounded to 2 decimals: exact for n < 10,000)."""
+    out = {}
+    for name, t in rec["templates"].items():
+        n = int(t.get("n") or 0)
+        if not n:
+            continue
+        k = round(t["accuracy"] * n / 100)
+        if abs(100 * k / n - t["accuracy"]) > 0.0051:
+            raise ValueError(f"{where}: template {name!r}: accuracy {t['accuracy']} is not k/n for n={n}")
+        out[name] = (k, n)
+    if not out:
+        raise ValueError(f"{where}: no template with examples")
+    return out
+
+
+def median_of(counts: dict[str, tuple[int, int]]) -> float:
+    return float(statistics.median(100 * k / n for k, n in counts.values()))
+
+
+def seeds_of(runs: Path) -> list[int]:
+    return sorted(int(p.name[4:]) for p in runs.glob("seed*") if p.is_dir() and p.name[4:].isdigit())
+
+
+def pairs_and_tasks(runs: Path, seeds: list[int]) -> list[tuple[str, str]]:
+    """(pair, task) rows, in a stable order: main before lodo, tasks by name."""
+    found = set()
+    for s in seeds:
+        for pair_dir in (runs / f"seed{s}").iterdir():
+            if not pair_dir.is_dir():
+                continue
+            for task_dir in pair_dir.iterdir():
+                if task_dir.is_dir() and task_dir.name not in TRAIN_DIRS:
+                    found.add((pair_dir.name, task_dir.name))
+    order = {p: i for i, p in enumerate(PAIR_TITLES)}
+    return sorted(found, key=lambda pt: (order.get(pt[0], len(order)), pt[0], pt[1]))
+
+
+def column_record(runs: Path, seed: int, pair: str, task: str, col: str
+                  ) -> tuple[dict[str, Any], Path, bool] | None:
+    """The task record of one column at one seed, the file it came from, and whether that file
+    serves every seed (the backbone on a full set, scored once); None: not run."""
+    if col == "backbone":
+        for f, shared in ((runs / "backbone" / task / f"seed{seed}" / "results.json", False),
+                          (runs / "backbone" / task / "results.json", True)):
+            if f.exists():
+                return load(f)["tasks"][task], f, shared
+        return None
+    base = runs / f"seed{seed}" / pair / task
+    if col in FEW_SHOT_RUNS:
+        f = base / "fs" / "results.json"
+        if not f.exists():
+            return None
+        run = load(f)["runs"].get(col)
+        return (run["tasks"][task], f, False) if run else None
+    f = base / col / "results.json"
+    return (load(f)["tasks"][task], f, False) if f.exists() else None
+
+
+# ---- bootstrap ---------------------------------------------------------------------------------
+def resample_run(counts: dict[str, tuple[int, int]], n_boot: int, rng: np.random.Generator,
+                 coupling: str) -> np.ndarray:
+    """[n_boot] medians over templates (%) of one run, each template's 0/1 vector resampled."""
+    n_max = max(n for _, n in counts.values())
+    shared = rng.random((n_boot, n_max)) if coupling == "comonotone" else None
+    accs = []
+    for k, n in counts.values():
+        u = shared[:, :n] if shared is not None else rng.random((n_boot, n))
+        accs.append(100 * (u < k / n).mean(1))  # resampled share of the k ones
+    return np.median(np.stack(accs), axis=0)
+
+
+def cell_replicates(per_seed: list[dict[str, tuple[int, int]]], n_boot: int, seed: int,
+                    coupling: str) -> np.ndarray:
+    """[n_boot] replicates of the cell statistic: mean over seeds of the median over templates."""
+    rng = np.random.default_rng(seed)
+    return np.mean([resample_run(c, n_boot, rng, coupling) for c in per_seed], axis=0)
+
+
+def interval(reps: np.ndarray) -> tuple[float, float]:
+    alpha = (1 - LEVEL) / 2
+    return float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))
+
+
+def key_seed(boot_seed: int, *parts: str) -> int:
+    """A stable seed per cell, so a cell's interval does not depend on which other cells exist."""
+    return zlib.crc32("/".join((str(boot_seed),) + parts).encode())
+
+
+# ---- cells, differences, agreement ---------------------------------------------------------------
+def build_cell(runs: Path, seeds: list[int], pair: str, task: str, col: str, args) -> dict[str, Any] | None:
+    per_seed, files, shared = [], [], False
+    for s in seeds:
+        got = column_record(runs, s, pair, task, col)
+        if got is None:
+            continue
+        rec, f, shared = got
+        if f in files:  # the backbone on a full set: one file serves every seed
+            continue
+        counts = template_counts(rec, str(f))
+        if rec.get("median") is not None and abs(median_of(counts) - rec["median"]) > 0.02:
+            raise ValueError(f"{f}: {task}: stored median {rec['median']} is not the median of its "
+                             f"templates ({median_of(counts):.2f})")
+        per_seed.append({"seed": s, "file": str(f.relative_to(runs)), "counts": counts,
+                         "median": median_of(counts), "stored_median": rec.get("median"),
+                         "examples": rec.get("examples"), "excluded": rec.get("excluded", 0)})
+        files.append(f)
+    if not per_seed:
+        return None
+    reps = cell_replicates([p["counts"] for p in per_seed], args.n_boot,
+                           key_seed(args.boot_seed, pair, task, col), args.coupling)
+    lo, hi = interval(reps)
+    return {"value": float(np.mean([p["median"] for p in per_seed])), "ci_low": lo, "ci_high": hi,
+            "seeds": [p["seed"] for p in per_seed], "shared": shared,  # one file for every seed
+            "per_seed": per_seed, "_reps": reps}
+
+
+def verdict(lo: float, hi: float) -> str:
+    if lo > 0:
+        return "above the baseline (interval above 0)"
+    if hi < 0:
+        return "below the baseline (interval below 0)"
+    return "not resolved (interval includes 0)"
+
+
+def difference(a: dict[str, Any], b: dict[str, Any], args) -> dict[str, Any]:
+    """a - b: unpaired over examples (replicates of both cells) and paired over (seed, template)."""
+    reps = a["_reps"] - b["_reps"]
+    lo, hi = interval(reps)
+    out = {"diff": a["value"] - b["value"], "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi),
+           "_reps": reps}
+    b_by_seed = {p["seed"]: p["counts"] for p in b["per_seed"]}
+    xa, xb = [], []
+    for p in a["per_seed"]:
+        other = b_by_seed.get(p["seed"])
+        if other is None and b["shared"]:  # the backbone on a full set: one run for every seed
+            other = b["per_seed"][0]["counts"]
+        for name in sorted(set(p["counts"]) & set(other or {})):
+            xa.append(100 * p["counts"][name][0] / p["counts"][name][1])
+            xb.append(100 * other[name][0] / other[name][1])
+    if xa:
+        pe = paired_effect(xa, xb, args.n_boot, args.boot_seed)  # over (seed, template) pairs
+        out["paired_templates"] = {"diff": pe["diff"], "ci_low": pe["ci_low"], "ci_high": pe["ci_high"],
+                                   "pairs": pe["n"], "verdict": verdict(pe["ci_low"], pe["ci_high"])}
+    return out
+
+
+def agreement(runs: Path, seeds: list[int], pair: str, task: str, col: str) -> dict[str, Any] | None:
+    """Mean agreement of the candidate (training) codes with their majority vote, from the ranked
+    list of zero_label.json, and the code each seed picked."""
+    rows = []
+    for s in seeds:
+        f = runs / f"seed{s}" / pair / task / col / "zero_label.json"
+        if not f.exists():
+            continue
+        sel = load(f)["tasks"][task]
+        ranked = sel["ranked"]
+        rows.append({"seed": s, "mean_agreement": float(np.mean([r["agreement"] for r in ranked])),
+                     "candidates": len(ranked), "chosen_agreement": sel["agreement"],
+                     "chosen_from": sel["from_tasks"][0], "code": sel["code"],
+                     "selection_source": sel.get("selection_source"), "inputs": sel.get("inputs")})
+    if not rows:
+        return None
+    return {"mean_agreement": float(np.mean([r["mean_agreement"] for r in rows])), "per_seed": rows}
+
+
+def few_shot_info(runs: Path, seeds: list[int], pair: str, task: str) -> list[dict[str, Any]]:
+    out = []
+    for s in seeds:
+        f = runs / f"seed{s}" / pair / task / "fs" / "results.json"
+        if not f.exists():
+            continue
+        res = load(f)
+        a = res["adapted"][task]
+        out.append({"seed": s, "checkpoint": res["config"]["checkpoint"], "shots": res["config"]["shots"],
+                    "holdout": res["config"].get("holdout"), "start_from": a["start_tasks"][0],
+                    "start_objective": a["start_objective"], "search_objective": a["search_objective"],
+                    "chosen_by": a.get("chosen_by"), "moved": a["code"] != a["start_code"],
+                    "sweeps": a["sweeps"], "codes_scored": a["codes_scored"]})
+    return out
+
+
+def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    out = []
+    for s in seeds:
+        order = {p: i for i, p in enumerate(PAIR_TITLES)}
+        for pair_dir in sorted((p for p in (runs / f"seed{s}").iterdir() if p.is_dir()),
+                               key=lambda p: (order.get(p.name, len(order)), p.name)):
+            for name in TRAIN_DIRS:
+                d = pair_dir / name
+                if not (d / "train_config.json").exists():
+                    continue
+                cfg = load(d / "train_config.json")
+                metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()
+                           if x.strip()] if (d / "metrics.jsonl").exists() else []
+                last = metrics[-10:]
+                out.append({"seed": s, "pair": pair_dir.name, "run": name, "model": cfg.get("model"),
+                            "stage": cfg.get("stage"),
+                            "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
+                            "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
+                            "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
+                            "finished": (d / "final").is_dir(),
+                            "lm_loss_last10": float(np.mean([m["lm_loss"] for m in last])) if last else None,
+                            "train_seconds": float(sum(m.get("step_time", 0) for m in metrics))})
+    return out
+
+
+def held_in(task: str, training_tasks: list[str]) -> bool:
+    """The task's dataset is in the training mixture (its T0 tasks are named DATASET_TEMPLATE)."""
+    return any(t.startswith(task + "_") for t in training_tasks)
+
+
+def timings(runs: Path) -> list[dict[str, Any]]:
+    f = runs / "timings.tsv"
+    if not f.exists():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[1].isdigit():
+            rows.append({"step": parts[0], "seconds": int(parts[1]), "finished": parts[2] if len(parts) > 2 else None})
+    return rows
+
+
+# ---- the report ----------------------------------------------------------------------------------
+def fmt_cell(c: dict[str, Any] | None, n_seeds: int) -> str:
+    if c is None:
+        return "-"
+    mark = "" if len(c["seeds"]) == n_seeds or c["shared"] else f" ({len(c['seeds'])} of {n_seeds} seeds)"
+    return f"{c['value']:.1f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]{mark}"
+
+
+def fmt_diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    n = f" ({d['pairs']} pairs)" if "pairs" in d else ""
+    return f"{d['diff']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]{n}"
+
+
+def strip(x: Any) -> Any:
+    """Drop the bootstrap replicates (keys starting with _) before writing JSON."""
+    if isinstance(x, dict):
+        return {k: strip(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, list):
+        return [strip(v) for v in x]
+    if isinstance(x, tuple):
+        return list(x)
+    return x
+
+
+def compile_evidence(runs: Path, args) -> dict[str, Any]:
+    seeds = seeds_of(runs)
+    if not seeds:
+        raise SystemExit(f"{runs}: no seedN/ folder (run scripts/evidence_smollm2.sh first)")
+    mode = (runs / "MODE").read_text().strip() if (runs / "MODE").exists() else "unknown"
+    train = training_info(runs, seeds)
+    rows = []
+    for pair, task in pairs_and_tasks(runs, seeds):
+        cells = {col: build_cell(runs, seeds, pair, task, col, args) for col, _ in COLUMNS}
+        mix = next((t["tasks"] for t in train if t["pair"] == pair and t["run"] == "s1"), [])
+        row = {"pair": pair, "task": task, "held_in": held_in(task, mix),
+               "training_tasks": len(mix), "cells": cells,
+               "diffs": {zl: difference(cells[zl], cells["mt"], args)
+                         for zl in ("zl_s1", "zl_s2") if cells[zl] and cells["mt"]},
+               "agreement": {zl: agreement(runs, seeds, pair, task, zl) for zl in ("zl_s1", "zl_s2")},
+               "few_shot": few_shot_info(runs, seeds, pair, task)}
+        rows.append(row)
+    pooled = {}
+    for zl in ("zl_s1", "zl_s2"):
+        ds = [r["diffs"][zl] for r in rows if zl in r["diffs"] and not r["held_in"]]
+        if ds:
+            reps = np.mean([d["_reps"] for d in ds], axis=0)
+            lo, hi = interval(reps)
+            pooled[zl] = {"diff": float(np.mean([d["diff"] for d in ds])), "ci_low": lo, "ci_high": hi,
+                          "tasks": len(ds), "verdict": verdict(lo, hi)}
+    steps = timings(runs)
+    inputs, hardware = {}, {}
+    for r in rows:
+        for c in r["cells"].values():
+            for p in (c or {}).get("per_seed", []):
+                res = load(runs / p["file"])
+                prov = res.get("provenance") or {}
+                inputs[p["file"]] = {k: prov.get(k) for k in ("commit", "dirty", "time", "command")}
+                hardware = hardware or prov.get("hardware") or res.get("hardware") or {}
+    backbone = next((t["model"] for t in train if t.get("model")), None)
+    return {"mode": mode, "runs": str(runs), "backbone": backbone, "hardware": hardware,
+            "seeds": seeds, "n_boot": args.n_boot,
+            "boot_seed": args.boot_seed, "coupling": args.coupling, "level": LEVEL,
+            "columns": dict(COLUMNS), "rows": rows, "pooled_zero_label_minus_baseline": pooled,
+            "training": train, "timings": steps,
+            "total_step_seconds": sum(s["seconds"] for s in steps), "inputs": inputs,
+            "provenance": provenance()}
+
+
+def markdown(ev: dict[str, Any]) -> str:
+    n_seeds = len(ev["seeds"])
+    cols = [c for c, _ in COLUMNS if any(r["cells"][c] for r in ev["rows"])]
+    hw = ev["hardware"]
+    where = hw.get("gpu") or f"CPU ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, " \
+        f"{hw.get('threads', '?')} torch thread(s), torch {hw.get('torch', '?')})"
+    lines = ["# Evidence: do the codes matter?", "",
+             f"Backbone `{ev['backbone']}`; {where}.", ""]
+    if ev["mode"] == "quick":
+        lines += ["**QUICK run (`--quick`): a pipeline check on a few examples, not evidence.**", ""]
+    lines += [f"Seeds {', '.join(map(str, ev['seeds']))}. Each cell: accuracy (%), median over templates per "
+              f"seed, mean over seeds, and its bootstrap {LEVEL:.0%} interval over examples ({ev['n_boot']} "
+              f"replicates, {ev['coupling']} coupling of templates; `ctr eval` stores per template only k "
+              "correct of n, so each template's 0/1 vector is resampled and columns are resampled "
+              "independently: see `scripts/compile_evidence.py`). Built by `bash scripts/evidence_smollm2.sh` "
+              f"and `python scripts/compile_evidence.py {ev['runs']}`.", "",
+              "| mixture | task | role | " + " | ".join(dict(COLUMNS)[c] for c in cols) + " |",
+              "|---|---|---|" + "---|" * len(cols)]
+    for r in ev["rows"]:
+        role = "held-in (dataset trained on)" if r["held_in"] else "held-out"
+        lines.append(f"| {PAIR_TITLES.get(r['pair'], r['pair'])} ({r['training_tasks']} tasks) | {r['task']} | "
+                     f"{role} | " + " | ".join(fmt_cell(r["cells"][c], n_seeds) for c in cols) + " |")
+    lines += ["", "## The paper's claim: CTR zero-label >= the multi-task prompted baseline", "",
+              "Difference in points (CTR zero-label minus baseline), with its interval over examples "
+              "(unpaired) and over (seed, template) pairs (`paired_effect`, mean over templates).", "",
+              "| mixture | task | stage | difference [95% over examples] | verdict | difference [95% over "
+              "seeds x templates] | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in ev["rows"]:
+        for zl, d in r["diffs"].items():
+            p = d.get("paired_templates")
+            lines.append(f"| {r['pair']} | {r['task']}{' (held-in)' if r['held_in'] else ''} | "
+                         f"{zl[-2:]} | {fmt_diff(d)} | {d['verdict']} | {fmt_diff(p)} | "
+                         f"{p['verdict'] if p else '-'} |")
+    for zl, p in ev["pooled_zero_label_minus_baseline"].items():
+        lines.append(f"| **pooled** | mean over {p['tasks']} held-out tasks | {zl[-2:]} | {fmt_diff(p)} | "
+                     f"{p['verdict']} | | |")
+    lines += ["", "The claim (>=) is contradicted where an interval lies below 0 and shown where it lies "
+              "above 0; where it includes 0, these data do not decide it.",
+              "", "## Zero-label selection: do the training codes disagree?", "",
+              "Mean agreement of the training codes with their majority vote on the selection inputs "
+              "(1.0: every code gives the same answers, so selection cannot matter), and the code picked.", "",
+              "| mixture | task | stage | mean agreement | picked (seed: training task, agreement) |",
+              "|---|---|---|---|---|"]
+    for r in ev["rows"]:
+        for zl, a in r["agreement"].items():
+            if a:
+                picks = "; ".join(f"{x['seed']}: `{x['chosen_from']}` {x['chosen_agreement']:.3f}"
+                                  for x in a["per_seed"])
+                lines.append(f"| {r['pair']} | {r['task']} | {zl[-2:]} | {a['mean_agreement']:.3f} | {picks} |")
+    lines += ["", "## Few-shot search", "",
+              "| mixture | task | seed | checkpoint | start (best training code) | loss start -> search | "
+              "code moved | chosen by |", "|---|---|---|---|---|---|---|---|"]
+    for r in ev["rows"]:
+        for f in r["few_shot"]:
+            lines.append(f"| {r['pair']} | {r['task']} | {f['seed']} | `{f['checkpoint']}` | `{f['start_from']}` | "
+                         f"{f['start_objective']:.2f} -> {f['search_objective']:.2f} | {f['moved']} | "
+                         f"{f['chosen_by']} |")
+    lines += ["", "## Per seed (median over templates; examples scored)", "",
+              "| mixture | task | column | " + " | ".join(f"seed {s}" for s in ev["seeds"]) + " |",
+              "|---|---|---|" + "---|" * n_seeds]
+    for r in ev["rows"]:
+        for c in cols:
+            cell = r["cells"][c]
+            if not cell:
+                continue
+            by = {p["seed"]: p for p in cell["per_seed"]}
+            vals = [f"{by[s]['median']:.1f} (n={by[s]['examples']})" if s in by else
+                    ("same file" if cell["shared"] else "-")
+                    for s in ev["seeds"]]
+            lines.append(f"| {r['pair']} | {r['task']} | {c} | " + " | ".join(vals) + " |")
+    lines += ["", "## Training", "",
+              "| seed | mixture | run | stage | tasks | steps x batch | lr | LM loss, last 10 steps | "
+              "training time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in ev["training"]:
+        kind = "multi-task baseline" if t["no_codes"] else f"CTR stage {t['stage']}"
+        loss = "-" if t["lm_loss_last10"] is None else f"{t['lm_loss_last10']:.3f}"
+        lines.append(f"| {t['seed']} | {t['pair']} | {t['run']} ({kind}) | {t['stage']} | {len(t['tasks'])} | "
+                     f"{t['steps']} x {t['batch_size']} | {t['lr']} | {loss} | {t['train_seconds']:.0f} |")
+    if ev["timings"]:
+        lines += ["", f"Wall time of the steps run ({len(ev['timings'])} logged in `timings.tsv`): "
+                  f"{ev['total_step_seconds'] / 3600:.2f} h."]
+    prov = ev["provenance"]
+    commits = sorted({str(v.get("commit"))[:10] for v in ev["inputs"].values()})
+    lines += ["", f"Compiled {prov['time']} at commit {str(prov.get('commit'))[:10]} (dirty: {prov.get('dirty')}); "
+              f"runs made at commit(s) {', '.join(commits) or '-'}; every input file and its provenance "
+              "are listed in `evidence.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="?", default="runs_evidence")
+    ap.add_argument("--out", default="results/evidence/cpu", help="where evidence.md/json go")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--boot-seed", type=int, default=0)
+    ap.add_argument("--coupling", choices=("comonotone", "independent"), default="comonotone")
+    args = ap.parse_args(argv)
+    ev = compile_evidence(Path(args.runs), args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evidence.md").write_text(markdown(ev))
+    (out / "evidence.json").write_text(json.dumps(strip(ev), indent=1) + "\n")
+    print(f"wrote {out / 'evidence.md'} and {out / 'evidence.json'}")
+    return ev
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
