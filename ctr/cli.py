@@ -135,6 +135,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_checkpoint_command(sub, name: str, help: str, config, func) -> None:
+    """A subcommand whose CHECKPOINT may also be given positionally."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
+                   help="CTR checkpoint (run folder, final/ or model folder)")
+    add_dataclass_args(p, config)
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,12 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_codes)
     from ctr.analysis.options import AnalyzeConfig
-    p = sub.add_parser("analyze", help="what the codes mean: usage, association with task "
-                                       "types, distances, figures (+ --steer experiment)")
-    p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
-                   help="CTR checkpoint (run folder, final/ or model folder)")
-    add_dataclass_args(p, AnalyzeConfig)
-    p.set_defaults(func=cmd_analyze)
+    add_checkpoint_command(sub, "analyze", "what the codes mean: usage, association with task "
+                           "types, distances, figures (+ --steer experiment)", AnalyzeConfig, cmd_analyze)
     from ctr.inference.generation import GenerateConfig
     p = sub.add_parser("generate", help="generate text under a code (--code or --task)")
     add_dataclass_args(p, GenerateConfig)
@@ -182,12 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input text; repeat for a batch")
     p.set_defaults(func=cmd_generate)
     from ctr.interop.export_config import ExportConfig
-    p = sub.add_parser("export", help="a code as a PEFT prompt-tuning adapter (--format peft) or "
-                                      "a [L, hidden] tensor (--format tensor)")
-    p.add_argument("checkpoint_path", nargs="?", metavar="CHECKPOINT",
-                   help="CTR checkpoint (run folder, final/ or model folder)")
-    add_dataclass_args(p, ExportConfig)
-    p.set_defaults(func=cmd_export)
+    add_checkpoint_command(sub, "export", "a code as a PEFT prompt-tuning adapter (--format peft) "
+                           "or a [L, hidden] tensor (--format tensor)", ExportConfig, cmd_export)
     from ctr.experiments.synth import SynthConfig
     p = sub.add_parser("synth", help="synthetic compositional suite: train a tiny model from "
                                      "scratch, test codes on held-out combinations")
