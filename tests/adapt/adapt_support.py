@@ -71,3 +71,15 @@ class _NoLabels(dict):
     def _boom(self, *a, **k):
         raise AssertionError("a label was read")
     __getitem__ = __iter__ = __len__ = get = items = keys = values = __contains__ = _boom
+
+
+def dies_after(f, n: int):
+    """f, except that its n-th call raises KeyboardInterrupt (a kill in the middle of a search)."""
+    calls = {"n": 0}
+
+    def wrapped(codes):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return f(codes)
+    return wrapped

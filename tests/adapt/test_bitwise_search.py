@@ -9,7 +9,7 @@ import torch
 from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search, reference_search
 from ctr.inference.scoring import RankScorer, ScoreRequest
 
-from adapt_support import ctr_model  # tests/adapt is on sys.path under pytest
+from adapt_support import ctr_model, dies_after  # tests/adapt is on sys.path under pytest
 
 L, K = 4, 8
 
@@ -86,13 +86,7 @@ def test_interrupted_search_resumes_the_same_trajectory(tmp_path):
     f = lambda codes: [float(table[tuple(c)]) for c in codes]
     starts = [[0, 0, 0, 0], [5, 5, 5, 5]]
     full = bitwise_search(f, starts, [list(range(K))] * L, seed=4, trajectory_path=tmp_path / "full.jsonl")
-    calls = {"n": 0}
-
-    def dies(codes):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return f(codes)
+    dies = dies_after(f, 4)
     with pytest.raises(KeyboardInterrupt):
         bitwise_search(dies, starts, [list(range(K))] * L, seed=4, trajectory_path=tmp_path / "cut.jsonl")
     assert len((tmp_path / "cut.jsonl").read_text().splitlines()) == 3  # start + 2 positions

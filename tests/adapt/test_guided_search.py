@@ -14,7 +14,7 @@ from ctr.adapt.guided_search import (GradientGuide, check_top, loss_and_gradient
                                      prompt_table, ranking_recall, resolve_top, run_search)
 from ctr.inference.scoring import RankScorer
 
-from adapt_support import ctr_model, need_data, saved_checkpoint  # tests/adapt is on sys.path
+from adapt_support import ctr_model, dies_after, need_data, saved_checkpoint  # tests/adapt is on sys.path
 
 L, K = 4, 8
 ARCHS = ["llama", "t5"]
@@ -140,13 +140,7 @@ def test_interrupted_guided_search_resumes_the_same_trajectory(tmp_path):
     values = [list(range(K))] * L
     full = bitwise_search(obj, starts, values, max_sweeps=3, seed=2, trajectory_path=tmp_path / "full.jsonl",
                           select=GradientGuide(model, SHOTS, 3))
-    calls = {"n": 0}
-
-    def dies(codes):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return obj(codes)
+    dies = dies_after(obj, 4)
     dies.fingerprint = obj.fingerprint
     cut = tmp_path / "cut.jsonl"
     with pytest.raises(KeyboardInterrupt):

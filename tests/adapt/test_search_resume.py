@@ -13,6 +13,8 @@ from ctr.core.model import CTRModel
 from ctr.inference.scoring import RankScorer
 from ctr.core.testing import tiny_backbone
 
+from adapt_support import dies_after  # tests/adapt is on sys.path under pytest
+
 L, K = 4, 8
 
 
@@ -61,13 +63,7 @@ def test_a_corrupt_middle_trajectory_line_is_a_clear_error(tmp_path):
 def test_truncated_trajectory_line_resumes_the_search(tmp_path):
     f, starts, values = table_objective(), [[0, 0, 0, 0], [5, 5, 5, 5]], [list(range(K))] * L
     full = bitwise_search(f, starts, values, seed=4, trajectory_path=tmp_path / "full.jsonl")
-    calls = {"n": 0}
-
-    def dies(codes):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return f(codes)
+    dies = dies_after(f, 5)
     cut = tmp_path / "cut.jsonl"
     with pytest.raises(KeyboardInterrupt):
         bitwise_search(dies, starts, values, seed=4, trajectory_path=cut)
