@@ -17,8 +17,6 @@ with the ground-truth factors position by position (`ctr.analysis.report` statis
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -40,7 +38,7 @@ from ctr.adapt.guided_search import GradientGuide, check_top, ranking_recall, ru
 from ctr.config import TrainConfig, opt
 from ctr.tasks.mixture import Example, Task
 from ctr.fileio import write_json
-from ctr.provenance import hardware_tag, provenance
+from ctr.provenance import hardware, hardware_tag, provenance
 from ctr.inference.generation import generate_with_codes
 from ctr.core.model import CTRModel
 from ctr.adapt.prompt_tuning import tune_prompt
@@ -309,7 +307,7 @@ def run_synth(cfg: SynthConfig) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     res = {"config": dataclasses.asdict(cfg), "suite": suite_summary(suite),
-           "summary": summarize(runs, suite), "runs": runs, "hardware": hardware(cfg),
+           "summary": summarize(runs, suite), "runs": runs, "hardware": {**hardware(), "threads": cfg.threads},  # the threads it ran with
            "provenance": provenance(),
            "wall_seconds": round(time.time() - start, 1)}
     plot_alignment(out / "code_factors.png", runs[0]["code_table"], runs[0]["alignment"])
@@ -349,9 +347,3 @@ def summarize(runs: list[dict[str, Any]], suite: Suite) -> dict[str, Any]:
             "train_min": min(min(r["train_accuracy"].values()) for r in runs),
             "search_beats_random": sum(per_task[n]["bitwise_search"] > per_task[n]["random_code"]
                                        for n in names)}
-
-
-def hardware(cfg: SynthConfig) -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": cfg.threads,
-            "cuda": torch.cuda.is_available()}
