@@ -148,6 +148,12 @@ class TrainConfig:
     steps: int | None = opt(None, "optimizer steps")
     batch_size: int | None = opt(None, "global batch (examples per optimizer step)")
     micro_batch_size: int | None = opt(None, "examples per forward pass per process")
+    group_by_length: bool = opt(
+        True, "forward passes take rows of similar length from each global batch (less padding; "
+              "the loss is the global batch's token mean either way)")
+    micro_batch_tokens: int | None = opt(
+        None, "also cap each forward pass at this many padded token positions (a row longer "
+              "than the cap goes alone); --micro-batch-size still caps the rows")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
     projection_lr_scale: float | None = opt(
@@ -221,6 +227,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ValueError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
         if self.data_workers < 1:
             raise ValueError(f"--data-workers must be >= 1, got {self.data_workers}")
         if self.no_data_cache and any(p.endswith(".parquet") or os.path.isdir(p) for p in self.train_files):

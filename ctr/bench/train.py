@@ -1,6 +1,8 @@
 """Training-step cost of CTR, measured side by side in one run.
 
     python -m ctr.bench.train [--model smollm2] [--batch 8] [--source-len 256] [--reps 3]
+    python -m ctr.bench.train --throughput ...   (ctr.bench.throughput: tokens/s, MFU and
+                                                 the length-grouping speed-up of the trainer)
 
 - ctr_step_ratio: a full CTR training step (stage 2: soft prompt + backbone trained)
   over the same step of the bare backbone (no codes, same batch, same optimizer).
@@ -15,6 +17,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +77,10 @@ def timed(fns: dict, reps: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if "--throughput" in (sys.argv[1:] if argv is None else argv):
+        from ctr.bench import throughput
+        throughput.main(argv)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batch", type=int, default=8)

@@ -105,6 +105,10 @@ class BackboneAdapter(ABC):
         """input_ids, attention_mask and labels for `CTRModel.forward`."""
 
     @abstractmethod
+    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
+        """Positions `collate` pads rows of these (source, target) lengths to, all rows together."""
+
+    @abstractmethod
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
         """The loss of `labels` from prepared inputs (see `CTRModel.forward`)."""
@@ -164,6 +168,10 @@ class Seq2SeqAdapter(BackboneAdapter):
         mask = pad([[1] * len(s) for s in sources], 0, padding_side)  # [B, S]
         labels = pad(targets, IGNORE, "right")  # [B, T] decoder targets start at 0
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
+        # encoder rows pad to the longest source, decoder rows to the longest target
+        return len(lengths) * (max(s for s, _ in lengths) + max(t for _, t in lengths)) if lengths else 0
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
@@ -241,6 +249,9 @@ class DecoderOnlyAdapter(BackboneAdapter):
         labels = pad([[IGNORE] * len(s) + t for s, t in zip(sources, targets)], IGNORE,
                      padding_side)  # [B, S + T] aligned with input_ids
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
+        return len(lengths) * max(s + t for s, t in lengths) if lengths else 0  # one sequence per row
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:

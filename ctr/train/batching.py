@@ -52,6 +52,33 @@ class MixtureSampler:
         return [(int(t), int(rng.integers(self.sizes[t]))) for t in tasks]
 
 
+def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_length: bool = True,
+                  max_tokens: int | None = None) -> list[list[Encoded]]:
+    """Split one process's share of a global batch into forward passes of at most `size` rows.
+
+    by_length: rows go longest first, so each pass pads its rows to similar lengths (and the
+    largest pass runs first: memory fails at step 0, not hours in). The trainer's loss is a
+    mean over the global batch's tokens and rows, so how rows are split changes the gradient
+    by float rounding only (tests/train/test_micro_batches.py). by_length=False keeps the
+    sampled order. max_tokens: a pass also closes before its padded size (the positions
+    `adapter.collate` pads it to) would exceed this budget; a longer row goes alone.
+    """
+    if size < 1:
+        raise ValueError(f"--micro-batch-size must be >= 1, got {size}")
+    order = list(rows)
+    if by_length:  # stable: equal lengths keep their sampled order
+        order.sort(key=lambda r: len(r.source) + len(r.target), reverse=True)
+    out: list[list[Encoded]] = []
+    cur: list[Encoded] = []
+    for r in order:
+        grown = [(len(x.source), len(x.target)) for x in cur + [r]]
+        if cur and (len(cur) == size or (max_tokens and adapter.padded_tokens(grown) > max_tokens)):
+            out.append(cur)
+            cur = []
+        cur.append(r)
+    return out + [cur] if cur else out
+
+
 def collate(rows: list[Encoded], pad_id: int, seq2seq: bool | BackboneAdapter,
             padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Tensors for CTRModel.forward, laid out by the backbone's adapter (`model.adapter`, or

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ctr.core.backbone import load_backbone
-from ctr.train.batching import MixtureSampler, collate, encode_tasks
+from ctr.train.batching import MixtureSampler, collate, encode_tasks, micro_batches
 from ctr.train.dataset_cache import InMemoryRows, open_training_data
 from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
@@ -262,7 +262,6 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of {n_proc} processes "
                          f"x --micro-batch-size {cfg.micro_batch_size}")
     per_process = cfg.batch_size // n_proc
-    n_micro = per_process // cfg.micro_batch_size
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"stage {cfg.stage}",
                disable=not acc.is_main_process, dynamic_ncols=True)
     last_good = None
@@ -276,24 +275,30 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         # every process knows the global batch; it trains on its contiguous shard
         global_rows = encoded.rows(sampler.batch(step, cfg.batch_size))
         n_tokens = sum(len(r.target) for r in global_rows)
+        n_inputs = sum(len(r.source) for r in global_rows) + n_tokens  # real token ids, no padding
         rows = global_rows[acc.process_index * per_process:(acc.process_index + 1) * per_process]
         sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
-        for k in range(n_micro):
-            chunk = rows[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
+        chunks = micro_batches(rows, cfg.micro_batch_size, core.adapter, cfg.group_by_length,
+                               cfg.micro_batch_tokens)
+        for k, chunk in enumerate(chunks):
+            if "micro_batch" in hooks:  # the rows of this forward pass (ctr.bench.throughput)
+                hooks["micro_batch"](step, chunk)
             batch = {n: v.to(acc.device) for n, v in collate(chunk, tok.pad_token_id, core.adapter).items()}
             if cfg.no_codes:
                 batch.pop("task_ids")
-            sync = acc.no_sync(model) if k < n_micro - 1 else contextlib.nullcontext()
+            sync = acc.no_sync(model) if k < len(chunks) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
                 o = model(**batch, target_only=cfg.target_only_logits)
                 if "after_forward" in hooks:
                     o = hooks["after_forward"](step, o)
-                # token mean over the whole global batch and VQ mean over all its forward
-                # passes, whatever the micro-batching; x n_proc undoes DDP's gradient average
+                # token mean and VQ row mean over the whole global batch, whatever the
+                # micro-batching; x n_proc undoes DDP's gradient average
                 lm = o.token_loss_sum / n_tokens
-                vq = o.vq_loss / (n_micro * n_proc)
+                vq = o.vq_loss * (len(chunk) / cfg.batch_size)  # o.vq_loss: this pass's row mean
                 acc.backward((lm + core.config.vq_weight * vq) * n_proc)
             sums += torch.tensor([lm.item(), vq.item()], dtype=torch.float64)
+        if "before_update" in hooks:  # the accumulated gradients, before clipping
+            hooks["before_update"](step, core)
         if n_proc > 1:
             sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
         stats = {"loss": float(sums[0] + core.config.vq_weight * sums[1]),
@@ -317,7 +322,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
             record = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 6),
-                      "step_time": round(time.time() - t0, 4), **decided}
+                      "step_time": round(time.time() - t0, 4), "tokens": n_inputs, **decided}
             if core.config.use_codes:
                 usage = code_usage(core.task_codes().cpu(), core.config.codebook_size)
                 record.update(code_perplexity=usage["perplexity"], codes_in_use=usage["codes_in_use"],
