@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-scale runs on a lent GPU (one H100/H200), in steps that each write under $R and are
 # packed into $OUT/results.tgz after every step, so a run cut short keeps what it finished.
-#   bash scripts/gpu_run.sh STEP...     steps: s1 bench zs11 mt near audit nearfs steer
+#   bash scripts/gpu_run.sh STEP...     steps: throughput guided release s1 bench zs11 mt near audit nearfs steer
 # Environment (GPU defaults; the CPU dry run sets tiny values):
 #   R        runs folder (default /tmp/runs: it survives between calls on a warm machine)
 #   MODEL    backbone (default smollm2)       STEPS   training steps (400)
@@ -9,6 +9,7 @@
 #   MAXEX    near-suite examples per task (1000)   AUDITEX audit disjoint examples (300)
 #   TPT      T0 tasks per task type (12)      T0MAX   T0 examples per task ("" = full sets)
 #   AUDIT_TASKS  tasks the audit runs, in order (T0 and near names)
+#   RELEASE_MIN  minutes of the release's stage 1 (8)   RELEASE  its name (smollm2-t0-s1)
 # Every step has a time limit; a failed step is logged and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,24 @@ bench() {  # batched Bitwise Search vs one code at a time, fp32 and bf16
   python3 -m ctr.bench.search --checkpoint $R/s1 --shots $SHOTS --values 32 --batch-size 512 \
     --dtype bf16 --out $R/bench_search_bf16.json
 }
+throughput() {  # trainer tokens/s, MFU and the length-grouping speed-up, stage 2 then stage 1
+  python3 -m ctr.bench.train --throughput --stage 2 --out $R/throughput_stage2.json
+  python3 -m ctr.bench.train --throughput --stage 1 --out $R/throughput_stage1.json
+}
+guided() {  # exhaustive vs gradient-guided Bitwise Search, and the authors' loop, on one model
+  local CK=$R/s1; [ -d $CK/final ] || CK=$R/release_run
+  python3 -m ctr.bench.search --guided --checkpoint $CK --shots 8 --max-sweeps 2 --batch-size 512 \
+    --out $R/bench_guided.json
+  python3 -m ctr.bench.search --checkpoint $CK --shots 8 --values 32 --batch-size 512 \
+    --out $R/bench_search_release.json
+}
+release() {  # the longest stage 1 that fits: all T0 sample tasks but single-answer ones,
+  # time-budgeted (--max-minutes ends with a clean save); then its CTR weights as a release
+  $CTR train --stage 1 --drop-single-answer --max-source-len $SRC --max-target-len $TGT --steps 100000 \
+    --batch-size $BS --micro-batch-size $BS --preset $PRESET --model $MODEL --log-every 10 \
+    --save-every 200 --max-minutes ${RELEASE_MIN:-8} --output-dir $R/release_run
+  python3 -m ctr.interop.release $R/release_run ${RELEASE:-smollm2-t0-s1} --dest $OUT/checkpoints --force
+}
 zs11() {  # the bare backbone on the 11 held-out T0 tasks, one folder per task
   for t in $T0_TASKS; do
     $CTR eval --model $MODEL --tasks $t ${T0MAX:+--max-examples $T0MAX} --batch-size $EBS \
@@ -83,9 +102,12 @@ steer() {  # code analysis and the controllability experiment on the GPU codeboo
 }
 
 export AUDIT_TASKS SHOTS NIN R OUT MODEL STEPS BS EBS MAXEX AUDITEX TPT T0MAX PRESET SRC TGT CTR T0_TASKS TRAIN
-export -f s1 bench zs11 mt near audit nearfs steer
+export -f throughput guided release s1 bench zs11 mt near audit nearfs steer
 for s in "$@"; do
   case $s in
+    throughput) step throughput ${LIM_THROUGHPUT:-240} throughput ;;
+    guided) step guided ${LIM_GUIDED:-240} guided ;;
+    release) step release ${LIM_RELEASE:-720} release ;;
     s1) step s1 ${LIM_S1:-110} s1 ;;
     bench) step bench ${LIM_BENCH:-70} bench ;;
     zs11) step zs11 ${LIM_ZS11:-150} zs11 ;;

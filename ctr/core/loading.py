@@ -3,10 +3,13 @@ folder, or a bare Hugging Face backbone.
 
 A run folder holds final/ (the last model) and checkpoint-N/ (each with model/); a model
 folder holds ctr_config.json. Every command that takes a CTR model goes through
-`find_model_dir`, so they all accept the same three kinds of path.
+`find_model_dir`, so they all accept the same three kinds of path, and a bare NAME that is
+no folder here: a released codebook, `checkpoints/NAME/` of this repository or of
+$CTR_CHECKPOINTS (`scripts/release_codebook.py` makes one from a stage-1 run).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,24 @@ from ctr.fileio import complete_dir, read_json
 HF_CONFIG_FILE = "config.json"
 
 
+RELEASES_ENV = "CTR_CHECKPOINTS"
+
+
+def release_roots() -> list[Path]:
+    """Where released codebooks are looked up by name: $CTR_CHECKPOINTS, then the
+    repository's checkpoints/ (present in a clone, not in an installed wheel)."""
+    roots = [Path(os.environ[RELEASES_ENV])] if os.environ.get(RELEASES_ENV) else []
+    return roots + [Path(__file__).resolve().parents[2] / "checkpoints"]
+
+
+def releases() -> list[str]:
+    """Names of the released codebooks found under `release_roots`."""
+    return sorted({p.parent.name for r in release_roots() if r.is_dir() for p in r.glob(f"*/{CONFIG_FILE}")})
+
+
 def _candidates(path: Path) -> list[Path]:
+    if not path.exists() and len(path.parts) == 1:  # a bare name: a released codebook
+        return [r / path for r in release_roots()]
     final = complete_dir(path / "final")  # final/, or its backup mid-swap
     return [c for c in (final, path / "model", path) if c is not None]
 
@@ -36,8 +56,9 @@ def require_model_dir(path: str | Path, flag: str = "--checkpoint") -> Path:
     """As `find_model_dir`, but a missing model is an error naming the flag."""
     found = find_model_dir(path)
     if found is None:
+        known = ", ".join(releases()) or "none"
         raise FileNotFoundError(f"{flag} {path}: not a CTR checkpoint (no {CONFIG_FILE} in it, "
-                                "its final/ or model/)")
+                                f"its final/ or model/) nor a released codebook (released: {known})")
     return found
 
 
