@@ -14,23 +14,40 @@ RUNS (default runs_evidence) is laid out as the script writes it:
     MODE, timings.tsv                                    written by the script
 
 Statistic of a cell (column x task): accuracy per template, median over templates per seed,
-mean over seeds. `ctr eval` stores per template only n and the accuracy (k correct of n), not
-which examples were right, so the bootstrap resamples each template's 0/1 vector of k ones
-and n - k zeros (= Binomial(n, k/n) / n). Templates of one run are resampled jointly under a
-comonotone coupling (the same uniforms for every template: the most correlated templates can
-be, which widens the interval of their median; `--coupling independent` draws each template
-on its own). Seeds and columns are resampled independently, so the interval of a difference
-between two columns is unpaired (wider than the paired one the same examples would allow).
-Beside it, the difference is also bootstrapped over (seed, template) pairs with
-ctr.analysis.stats.paired_effect: whether it holds across prompts and seeds.
+mean over seeds. Its bootstrap interval over examples is computed one of two ways, per run
+(one column at one seed), and every cell and difference says which in its "bootstrap" field:
+
+* "examples (per-example outcomes)": `ctr eval` stores, per template, the index of every
+  scored example and whether it was right ("indices", "correct"). A replicate draws examples:
+  every example index of the (seed, task) is taken a Poisson(1) number of times (the Poisson
+  bootstrap), and every template is scored on that same multiset (accuracy = weighted share of
+  its right examples), so templates are as correlated as the data make them. The draw of an
+  example depends only on (--boot-seed, pair, task, seed, example index), never on the column:
+  two columns that scored the same examples at a seed see the same draw in every replicate, so
+  a difference of their replicates is paired over examples ("paired examples"; where they
+  scored partly different examples, e.g. selection examples kept out, it is paired on the
+  shared ones and the rest are drawn independently).
+* "binomial (no per-example outcomes)": results.json written before those fields store per
+  template only n and the accuracy (k correct of n), so each template's 0/1 vector of k ones and
+  n - k zeros is resampled (= Binomial(n, k/n) / n). Templates of one run are resampled jointly
+  under a comonotone coupling (the same uniforms for every template: the most correlated
+  templates can be, which widens the interval of their median; `--coupling independent` draws
+  each template on its own). Columns are resampled independently, so a difference involving
+  such a run is unpaired over examples (wider than the paired one the same examples allow).
+
+Seeds are resampled independently either way. Beside it, the difference is also bootstrapped
+over (seed, template) pairs with ctr.analysis.stats.paired_effect: whether it holds across
+prompts and seeds.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +69,9 @@ FEW_SHOT_RUNS = ("bitwise", "discrete", "prompt_tuning")
 TRAIN_DIRS = ("s1", "s2", "mt")
 PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
 LEVEL = 0.95
+EXAMPLES = "examples (per-example outcomes)"  # how a run was bootstrapped: see the docstring
+BINOMIAL = "binomial (no per-example outcomes)"
+PAIRED = "paired examples"
 
 
 def load(path: Path) -> Any:
@@ -73,6 +93,26 @@ def template_counts(rec: dict[str, Any], where: str) -> dict[str, tuple[int, int
         out[name] = (k, n)
     if not out:
         raise ValueError(f"{where}: no template with examples")
+    return out
+
+
+def template_outcomes(rec: dict[str, Any], where: str) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """{template: (example indices, 0/1 outcomes)} of one task record, checked against n and the
+    stored accuracy; None where a scored template lacks them (written before `ctr eval` stored them)."""
+    scored = {name: t for name, t in rec["templates"].items() if int(t.get("n") or 0)}
+    if not scored or not all("indices" in t and "correct" in t for t in scored.values()):
+        return None
+    out = {}
+    for name, t in scored.items():
+        idx, bits, n = t["indices"], t["correct"], int(t["n"])
+        if not len(idx) == len(bits) == n or set(bits) - set("01") or len(set(idx)) != n:
+            raise ValueError(f"{where}: template {name!r}: {len(bits)} outcomes ('0'/'1') for "
+                             f"{len(idx)} indices ({len(set(idx))} distinct), n={n}")
+        k = bits.count("1")
+        if abs(100 * k / n - t["accuracy"]) > 0.0051:
+            raise ValueError(f"{where}: template {name!r}: {k} of {n} outcomes are right, "
+                             f"not the stored accuracy {t['accuracy']}")
+        out[name] = (np.asarray(idx, dtype=np.int64), np.frombuffer(bits.encode(), np.uint8) - ord("0"))
     return out
 
 
@@ -139,6 +179,38 @@ def cell_replicates(per_seed: list[dict[str, tuple[int, int]]], n_boot: int, see
     return np.mean([resample_run(c, n_boot, rng, coupling) for c in per_seed], axis=0)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def example_draw(base: int, index: int, n_boot: int) -> np.ndarray:
+    """[n_boot] times example `index` is drawn in each replicate: Poisson(1), from (base, index) only."""
+    return np.random.default_rng([base, index]).poisson(1.0, n_boot).astype(np.uint8)
+
+
+def resample_examples(outcomes: dict[str, tuple[np.ndarray, np.ndarray]], base: int,
+                      n_boot: int) -> np.ndarray:
+    """[n_boot] medians over templates (%) of one run, every template scored on the same drawn
+    examples (accuracy: the drawn share of its right ones; a template none of whose examples is
+    drawn, possible only for a handful of examples, keeps its observed accuracy)."""
+    universe = np.unique(np.concatenate([idx for idx, _ in outcomes.values()]))
+    w = np.stack([example_draw(base, int(i), n_boot) for i in universe], axis=1).astype(np.int64)
+    accs = []
+    for idx, bits in outcomes.values():
+        wt = w[:, np.searchsorted(universe, idx)]
+        total, hits = wt.sum(1), wt @ bits
+        accs.append(100 * np.where(total > 0, hits / np.maximum(total, 1), bits.mean()))
+    return np.median(np.stack(accs), axis=0)
+
+
+def run_replicates(per_seed: list[dict[str, Any]], pair: str, task: str, col: str, args) -> np.ndarray:
+    """[n_boot] replicates of a cell: per run, examples drawn from a seed of (boot seed, pair, task,
+    seed) - not the column, so two columns' replicates share their draws - where outcomes are
+    stored, else the binomial bootstrap (the column's own stream, as before); mean over seeds."""
+    rng = np.random.default_rng(key_seed(args.boot_seed, pair, task, col))
+    reps = [resample_examples(p["_outcomes"], key_seed(args.boot_seed, pair, task, f"seed{p['seed']}"),
+                              args.n_boot) if p["_outcomes"] else
+            resample_run(p["counts"], args.n_boot, rng, args.coupling) for p in per_seed]
+    return np.mean(reps, axis=0)
+
+
 def interval(reps: np.ndarray) -> tuple[float, float]:
     alpha = (1 - LEVEL) / 2
     return float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))
@@ -150,6 +222,27 @@ def key_seed(boot_seed: int, *parts: str) -> int:
 
 
 # ---- cells, differences, agreement ---------------------------------------------------------------
+def read_run(runs: Path, f: Path, rec: dict[str, Any], task: str, seed: int) -> dict[str, Any]:
+    """One run of a cell (a column at one seed): its counts, checked against the stored median,
+    and its per-example outcomes where the file stores them."""
+    counts = template_counts(rec, str(f))
+    if rec.get("median") is not None and abs(median_of(counts) - rec["median"]) > 0.02:
+        raise ValueError(f"{f}: {task}: stored median {rec['median']} is not the median of its "
+                         f"templates ({median_of(counts):.2f})")
+    outcomes = template_outcomes(rec, str(f))
+    return {"seed": seed, "file": str(f.relative_to(runs)), "counts": counts,
+            "median": median_of(counts), "stored_median": rec.get("median"),
+            "examples": rec.get("examples"), "excluded": rec.get("excluded", 0),
+            "bootstrap": EXAMPLES if outcomes else BINOMIAL, "_outcomes": outcomes}
+
+
+def cell_method(per_seed: list[dict[str, Any]]) -> str:
+    methods = {p["bootstrap"] for p in per_seed}
+    if len(methods) == 1:
+        return methods.pop()
+    return "mixed: " + "; ".join(f"seed {p['seed']} {p['bootstrap']}" for p in per_seed)
+
+
 def build_cell(runs: Path, seeds: list[int], pair: str, task: str, col: str, args) -> dict[str, Any] | None:
     per_seed, files, shared = [], [], False
     for s in seeds:
@@ -159,20 +252,14 @@ def build_cell(runs: Path, seeds: list[int], pair: str, task: str, col: str, arg
         rec, f, shared = got
         if f in files:  # the backbone on a full set: one file serves every seed
             continue
-        counts = template_counts(rec, str(f))
-        if rec.get("median") is not None and abs(median_of(counts) - rec["median"]) > 0.02:
-            raise ValueError(f"{f}: {task}: stored median {rec['median']} is not the median of its "
-                             f"templates ({median_of(counts):.2f})")
-        per_seed.append({"seed": s, "file": str(f.relative_to(runs)), "counts": counts,
-                         "median": median_of(counts), "stored_median": rec.get("median"),
-                         "examples": rec.get("examples"), "excluded": rec.get("excluded", 0)})
+        per_seed.append(read_run(runs, f, rec, task, s))
         files.append(f)
     if not per_seed:
         return None
-    reps = cell_replicates([p["counts"] for p in per_seed], args.n_boot,
-                           key_seed(args.boot_seed, pair, task, col), args.coupling)
+    reps = run_replicates(per_seed, pair, task, col, args)
     lo, hi = interval(reps)
     return {"value": float(np.mean([p["median"] for p in per_seed])), "ci_low": lo, "ci_high": hi,
+            "bootstrap": cell_method(per_seed),
             "seeds": [p["seed"] for p in per_seed], "shared": shared,  # one file for every seed
             "per_seed": per_seed, "_reps": reps}
 
@@ -185,12 +272,37 @@ def verdict(lo: float, hi: float) -> str:
     return "not resolved (interval includes 0)"
 
 
+def scored_examples(run: dict[str, Any] | None) -> set[int]:
+    """The example indices a run stored outcomes for (none: no per-example outcomes)."""
+    if not run or not run["_outcomes"]:
+        return set()
+    return set(np.concatenate([idx for idx, _ in run["_outcomes"].values()]).tolist())
+
+
+def pairing(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """How a - b is paired over examples: an example both columns scored at the same seed is
+    drawn the same number of times in both (run_replicates); any other is drawn independently."""
+    b_runs = {p["seed"]: p for p in b["per_seed"]}
+    shared = total = 0
+    for p in a["per_seed"]:
+        ea, eb = scored_examples(p), scored_examples(b_runs.get(p["seed"]))
+        shared, total = shared + len(ea & eb), total + len(ea | eb)
+    if shared and shared == total and a["bootstrap"] == b["bootstrap"] == EXAMPLES:
+        return PAIRED
+    if shared:
+        return f"partly paired examples ({shared} of {total} scored by both at the same seed)"
+    if BINOMIAL in a["bootstrap"] + b["bootstrap"]:
+        return "unpaired: " + BINOMIAL
+    return "unpaired examples (no example scored by both at the same seed)"
+
+
 def difference(a: dict[str, Any], b: dict[str, Any], args) -> dict[str, Any]:
-    """a - b: unpaired over examples (replicates of both cells) and paired over (seed, template)."""
+    """a - b over examples (replicates of both cells, paired where `pairing` says so) and paired
+    over (seed, template)."""
     reps = a["_reps"] - b["_reps"]
     lo, hi = interval(reps)
     out = {"diff": a["value"] - b["value"], "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi),
-           "_reps": reps}
+           "bootstrap": pairing(a, b), "_reps": reps}
     b_by_seed = {p["seed"]: p["counts"] for p in b["per_seed"]}
     xa, xb = [], []
     for p in a["per_seed"]:
@@ -334,7 +446,8 @@ def compile_evidence(runs: Path, args) -> dict[str, Any]:
             reps = np.mean([d["_reps"] for d in ds], axis=0)
             lo, hi = interval(reps)
             pooled[zl] = {"diff": float(np.mean([d["diff"] for d in ds])), "ci_low": lo, "ci_high": hi,
-                          "tasks": len(ds), "verdict": verdict(lo, hi)}
+                          "tasks": len(ds), "verdict": verdict(lo, hi),
+                          "bootstrap": "; ".join(sorted({d["bootstrap"] for d in ds}))}
     steps = timings(runs)
     inputs, hardware = {}, {}
     for r in rows:
@@ -354,6 +467,26 @@ def compile_evidence(runs: Path, args) -> dict[str, Any]:
             "provenance": provenance()}
 
 
+def bootstrap_note(ev: dict[str, Any]) -> str:
+    """Which bootstrap the cells used, for the reader of evidence.md."""
+    methods = Counter(c["bootstrap"] for r in ev["rows"] for c in r["cells"].values() if c)
+    parts = []
+    if methods[EXAMPLES]:
+        parts.append(f"{methods[EXAMPLES]} of {sum(methods.values())} cells resample examples (their "
+                     "results.json store each example's outcome): one draw of examples per (seed, task), "
+                     "shared by every template and every column, so a difference between two columns is "
+                     "paired over the examples both scored.")
+    if methods[BINOMIAL]:
+        parts.append(f"{methods[BINOMIAL]} of {sum(methods.values())} cells come from results.json that store "
+                     "per template only k correct of n: each template's 0/1 vector is resampled "
+                     f"(binomial; {ev['coupling']} coupling of templates) and columns independently, so a "
+                     "difference involving one is unpaired over examples.")
+    mixed = sum(n for m, n in methods.items() if m not in (EXAMPLES, BINOMIAL))
+    if mixed:
+        parts.append(f"{mixed} cells mix the two over seeds (see `evidence.json`).")
+    return " ".join(parts)
+
+
 def markdown(ev: dict[str, Any]) -> str:
     n_seeds = len(ev["seeds"])
     cols = [c for c, _ in COLUMNS if any(r["cells"][c] for r in ev["rows"])]
@@ -366,10 +499,8 @@ def markdown(ev: dict[str, Any]) -> str:
         lines += ["**QUICK run (`--quick`): a pipeline check on a few examples, not evidence.**", ""]
     lines += [f"Seeds {', '.join(map(str, ev['seeds']))}. Each cell: accuracy (%), median over templates per "
               f"seed, mean over seeds, and its bootstrap {LEVEL:.0%} interval over examples ({ev['n_boot']} "
-              f"replicates, {ev['coupling']} coupling of templates; `ctr eval` stores per template only k "
-              "correct of n, so each template's 0/1 vector is resampled and columns are resampled "
-              "independently: see `scripts/compile_evidence.py`). Built by `bash scripts/evidence_smollm2.sh` "
-              f"and `python scripts/compile_evidence.py {ev['runs']}`.", "",
+              f"replicates; see `scripts/compile_evidence.py`). {bootstrap_note(ev)} Built by "
+              f"`bash scripts/evidence_smollm2.sh` and `python scripts/compile_evidence.py {ev['runs']}`.", "",
               "| mixture | task | role | " + " | ".join(dict(COLUMNS)[c] for c in cols) + " |",
               "|---|---|---|" + "---|" * len(cols)]
     for r in ev["rows"]:
@@ -378,18 +509,19 @@ def markdown(ev: dict[str, Any]) -> str:
                      f"{role} | " + " | ".join(fmt_cell(r["cells"][c], n_seeds) for c in cols) + " |")
     lines += ["", "## The paper's claim: CTR zero-label >= the multi-task prompted baseline", "",
               "Difference in points (CTR zero-label minus baseline), with its interval over examples "
-              "(unpaired) and over (seed, template) pairs (`paired_effect`, mean over templates).", "",
-              "| mixture | task | stage | difference [95% over examples] | verdict | difference [95% over "
-              "seeds x templates] | verdict |", "|---|---|---|---|---|---|---|"]
+              "(paired over examples where both columns stored per-example outcomes: the bootstrap "
+              "column says) and over (seed, template) pairs (`paired_effect`, mean over templates).", "",
+              "| mixture | task | stage | difference [95% over examples] | verdict | bootstrap over examples | "
+              "difference [95% over seeds x templates] | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in ev["rows"]:
         for zl, d in r["diffs"].items():
             p = d.get("paired_templates")
             lines.append(f"| {r['pair']} | {r['task']}{' (held-in)' if r['held_in'] else ''} | "
-                         f"{zl[-2:]} | {fmt_diff(d)} | {d['verdict']} | {fmt_diff(p)} | "
+                         f"{zl[-2:]} | {fmt_diff(d)} | {d['verdict']} | {d['bootstrap']} | {fmt_diff(p)} | "
                          f"{p['verdict'] if p else '-'} |")
     for zl, p in ev["pooled_zero_label_minus_baseline"].items():
         lines.append(f"| **pooled** | mean over {p['tasks']} held-out tasks | {zl[-2:]} | {fmt_diff(p)} | "
-                     f"{p['verdict']} | | |")
+                     f"{p['verdict']} | {p['bootstrap']} | | |")
     lines += ["", "The claim (>=) is contradicted where an interval lies below 0 and shown where it lies "
               "above 0; where it includes 0, these data do not decide it.",
               "", "## Zero-label selection: do the training codes disagree?", "",
@@ -449,7 +581,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="results/evidence/cpu", help="where evidence.md/json go")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--boot-seed", type=int, default=0)
-    ap.add_argument("--coupling", choices=("comonotone", "independent"), default="comonotone")
+    ap.add_argument("--coupling", choices=("comonotone", "independent"), default="comonotone",
+                    help="templates of a run without per-example outcomes (the binomial bootstrap)")
     args = ap.parse_args(argv)
     ev = compile_evidence(Path(args.runs), args)
     out = Path(args.out)

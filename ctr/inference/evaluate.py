@@ -124,11 +124,16 @@ def score_templates(model: CTRModel, task, templates: list, examples: list, code
                 for i in instances]
         scores = scorer.score(reqs)
         gold = [i.label_index for i in instances]
-        acc = sum(s.prediction() == g for s, g in zip(scores, gold)) / len(gold)
+        right = [s.prediction() == g for s, g in zip(scores, gold)]
+        acc = sum(right) / len(gold)
         acc_norm = sum(s.prediction(True) == g for s, g in zip(scores, gold)) / len(gold)
         per_template[template.name] = {"n": len(gold), "accuracy": round(100 * acc, 2),
                                        "accuracy_norm": round(100 * acc_norm, 2),
-                                       "skipped": {str(k): v for k, v in skipped.items()}}
+                                       "skipped": {str(k): v for k, v in skipped.items()},
+                                       # which examples (by index) were right: paired comparisons
+                                       # of two runs on the same examples (bootstrap, McNemar)
+                                       "indices": [i.index for i in instances],
+                                       "correct": "".join("1" if r else "0" for r in right)}
     accs = [v["accuracy"] for v in per_template.values() if v["n"]]
     norms = [v["accuracy_norm"] for v in per_template.values() if v["n"]]
     return {"templates": per_template, "accuracies": accs,

@@ -287,3 +287,121 @@ def test_inconsistent_or_missing_inputs(tmp_path):
     md = ce.markdown(ev)
     assert "QUICK" in md and "(1 of 2 seeds)" in md
 
+
+
+# ---- per-example outcomes ("indices", "correct" per template): the paired bootstrap ----------------
+def outcome_bits(n: int, right: int, extra=()) -> str:
+    """'0'/'1' per example: right on the first `right` examples and on those in `extra`."""
+    b = np.zeros(n, dtype=int)
+    b[:right] = 1
+    b[list(extra)] = 1
+    return "".join(map(str, b))
+
+
+def with_outcomes(path: Path, task: str, bits: list[str], indices=None) -> None:
+    """Add the per-example fields `ctr eval` writes now to the templates of a fabricated
+    results.json (whose accuracies are already the share of '1' in `bits`)."""
+    res = json.loads(path.read_text())
+    for t, b in zip(res["tasks"][task]["templates"].values(), bits):
+        t.update(indices=list(range(len(b)) if indices is None else indices), correct=b)
+    write(path, res)
+
+
+FLIPS = range(800, 812)  # the zero-label column is right on these 12 examples more than the baseline
+
+
+def paired_runs(root: Path, per_example=("mt", "zl_s1"), zl_from: int = 0) -> Path:
+    """SST-2, two seeds: the baseline right on the first 480..520 examples (one count per
+    template), zero-label right on the same ones and FLIPS: +1.4 points. zl_from > 0: zero-label
+    scored only examples zl_from.. (the others kept out, as selection examples are)."""
+    n = N["glue_sst2"]
+    bits = {"mt": [outcome_bits(n, k) for k in spread(480)],
+            "zl_s1": [outcome_bits(n, k, FLIPS)[zl_from:] for k in spread(480)]}
+    ks = {col: [b.count("1") for b in bs] for col, bs in bits.items()}
+    data = {(s, "main", "glue_sst2", col): ks[col] for s in (0, 1) for col in bits}
+    runs = fabricate(root, data)
+    for s in (0, 1):
+        for col in per_example:
+            f = runs / f"seed{s}/main/glue_sst2/{col}/results.json"
+            if col == "zl_s1" and zl_from:  # fabricate's n is N; this column scored fewer
+                res = json.loads(f.read_text())
+                rec = res["tasks"]["glue_sst2"]
+                for t, k in zip(rec["templates"].values(), ks[col]):
+                    t.update(n=n - zl_from, accuracy=round(100 * k / (n - zl_from), 2))
+                rec["median"] = round(statistics.median(100 * k / (n - zl_from) for k in ks[col]), 2)
+                write(f, res)
+            with_outcomes(f, "glue_sst2", bits[col], range(zl_from, n) if col == "zl_s1" else None)
+    return runs
+
+
+def width(x: dict) -> float:
+    return x["ci_high"] - x["ci_low"]
+
+
+def test_per_example_outcomes_pair_the_difference_over_examples(tmp_path):
+    ev = ce.compile_evidence(paired_runs(tmp_path / "paired"), args())
+    old = ce.compile_evidence(paired_runs(tmp_path / "old", per_example=()), args())
+    cells, cells_old = (row(e, "main", "glue_sst2")["cells"] for e in (ev, old))
+    d, d_old = (row(e, "main", "glue_sst2")["diffs"]["zl_s1"] for e in (ev, old))
+    assert d["diff"] == pytest.approx(d_old["diff"]) and d["diff"] == pytest.approx(100 * 12 / 872)
+    # unpaired (binomial, columns drawn independently): +1.4 points is inside the noise
+    assert d_old["bootstrap"] == "unpaired: " + ce.BINOMIAL and cells_old["mt"]["bootstrap"] == ce.BINOMIAL
+    assert d_old["ci_low"] < 0 < d_old["ci_high"] and d_old["verdict"].startswith("not resolved")
+    # paired: both columns are drawn on the same examples, only the 12 FLIPS differ
+    assert d["bootstrap"] == ce.PAIRED and cells["mt"]["bootstrap"] == cells["zl_s1"]["bootstrap"] == ce.EXAMPLES
+    assert 0 < d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"].startswith("above")
+    assert width(d) < 0.3 * width(d_old)
+    # the difference is made of the cells' own replicates: each cell alone stays a plain bootstrap
+    # over its examples, about as wide as the binomial one
+    np.testing.assert_array_equal(d["_reps"], cells["zl_s1"]["_reps"] - cells["mt"]["_reps"])
+    for col in ("mt", "zl_s1"):
+        assert cells[col]["value"] == pytest.approx(cells_old[col]["value"])
+        assert width(cells[col]) == pytest.approx(width(cells_old[col]), rel=0.25)
+    # the reader is told which bootstrap was used; nothing of the outcomes goes to the JSON
+    md, md_old = ce.markdown(ev), ce.markdown(old)
+    assert "2 of 2 cells resample examples" in md and "binomial" not in md.split("## The paper")[0]
+    assert "2 of 2 cells come from results.json that store per template only k correct of n" in md_old
+    assert any(ce.PAIRED in x and "glue_sst2" in x for x in md.splitlines())
+    assert '"_outcomes":' not in json.dumps(ce.strip(ev))
+
+
+def test_partly_shared_or_missing_outcomes_fall_back(tmp_path):
+    # zero-label kept the first 20 examples out: paired on the 852 both scored, at each seed
+    ev = ce.compile_evidence(paired_runs(tmp_path / "part", zl_from=20), args())
+    d = row(ev, "main", "glue_sst2")["diffs"]["zl_s1"]
+    assert d["bootstrap"] == "partly paired examples (1704 of 1744 scored by both at the same seed)"
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    # one column without per-example outcomes: the binomial bootstrap for it, an unpaired difference
+    ev = ce.compile_evidence(paired_runs(tmp_path / "mixed", per_example=("mt",)), args())
+    r = row(ev, "main", "glue_sst2")
+    assert (r["cells"]["mt"]["bootstrap"], r["cells"]["zl_s1"]["bootstrap"]) == (ce.EXAMPLES, ce.BINOMIAL)
+    assert r["diffs"]["zl_s1"]["bootstrap"] == "unpaired: " + ce.BINOMIAL
+    md = ce.markdown(ev)
+    assert "1 of 2 cells resample examples" in md and "1 of 2 cells come from" in md
+
+
+def test_inconsistent_per_example_outcomes_name_the_file(tmp_path):
+    runs = paired_runs(tmp_path / "runs")
+    f = runs / "seed1/main/glue_sst2/mt/results.json"
+    good = json.loads(f.read_text())
+
+    def broken(change) -> str:
+        res = copy.deepcopy(good)
+        change(res["tasks"]["glue_sst2"]["templates"]["review"])  # 510 of 872 right
+        write(f, res)
+        with pytest.raises(ValueError) as e:
+            ce.compile_evidence(runs, args())
+        assert str(f) in str(e.value) and "'review'" in str(e.value)
+        return str(e.value)
+
+    assert "509 of 872" in broken(lambda t: t.update(correct=t["correct"].replace("1", "0", 1)))
+    assert "871 outcomes" in broken(lambda t: t.update(correct=t["correct"][:-1]))
+    assert "871 indices" in broken(lambda t: t.update(indices=t["indices"][:-1]))
+    assert "871 distinct" in broken(lambda t: t.update(indices=[1] + t["indices"][1:]))
+    assert "outcomes ('0'/'1')" in broken(lambda t: t.update(correct=t["correct"].replace("0", "x", 1)))
+    # a template without the fields: that run falls back to the binomial bootstrap
+    res = copy.deepcopy(good)
+    del res["tasks"]["glue_sst2"]["templates"]["review"]["correct"]
+    write(f, res)
+    cell = row(ce.compile_evidence(runs, args()), "main", "glue_sst2")["cells"]["mt"]
+    assert cell["bootstrap"] == f"mixed: seed 0 {ce.EXAMPLES}; seed 1 {ce.BINOMIAL}"

@@ -82,8 +82,12 @@ def test_accuracy_counts_predictions_that_match_the_gold_choice(tiny_paths):
     out = score_templates(model, task, templates, examples, None, Scripted(), EvalConfig())
     want = []
     for t in templates:
-        gold = [i.label_index for i in render_task(task, t, examples)[0]]
+        rendered = render_task(task, t, examples)[0]
+        gold = [i.label_index for i in rendered]
         assert out["templates"][t.name]["n"] == len(gold) == 20
+        # per example: right exactly where gold is choice 1, keyed by the example's index
+        assert out["templates"][t.name]["indices"] == [i.index for i in rendered] == [e.index for e in examples]
+        assert out["templates"][t.name]["correct"] == "".join("1" if g == 1 else "0" for g in gold)
         assert gold.count(1) != gold.count(0)  # so summed and per-token scoring are told apart
         want.append(round(100 * gold.count(1) / len(gold), 2))
         assert out["templates"][t.name]["accuracy"] == want[-1]
