@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctr.bench.report import emit
+
 WORDS = [a + b + c for a in ("st", "pr", "b", "k", "tr", "m", "l", "gr", "sh", "d")
          for b in ("a", "e", "i", "o", "u", "ea", "oo") for c in ("n", "rt", "ll", "ck", "m", "sh", "ve", "d")]
 TASK_TYPES = ["sentiment", "topic_classification", "paraphrase", "qa_extractive",
@@ -183,10 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"examples={result['examples']} build_s={result['build_s']:.2f} "
           f"cached_load_s={result['cached_load_s']:.2f} peak_rss_mb={result['peak_rss_mb']:.0f}")
 

@@ -11,14 +11,13 @@ Last line: `score_speedup=<naive time / harness time> same_predictions=<true|fal
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ctr.tasks.registry import list_tasks, load_examples, render_task, usable_templates
+from ctr.bench.report import emit
 from ctr.provenance import provenance
 from ctr.core.loading import load_model
 from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
@@ -77,10 +76,7 @@ def main(argv: list[str] | None = None) -> None:
               "naive_seconds": round(t_slow, 2), "score_speedup": round(t_slow / t_fast, 2),
               "same_predictions": same, "max_abs_logprob_diff": max_diff,
               "batch_size": args.batch_size, "provenance": provenance()}
-    print(json.dumps(result, indent=2))
-    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"score_speedup={result['score_speedup']:.2f} same_predictions={str(same).lower()}")
 
 

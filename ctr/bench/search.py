@@ -23,7 +23,6 @@ exhaustive final objective>`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ctr.adapt.bitwise_search import ShotObjective, bitwise_search
 from ctr.adapt.guided_search import GradientGuide, loss_and_gradient, ranking_recall, run_search
 from ctr.config import CTRConfig
 from ctr.tasks.registry import get_task, render_task
+from ctr.bench.report import emit
 from ctr.provenance import provenance
 from ctr.core.loading import load_model
 from ctr.adapt.few_shot import make_shots
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
               "same_code": fast.code == slow.code, "batched_code": fast.code, "reference_code": slow.code,
               "batched_objective": fast.objective, "reference_objective": slow.objective,
               "model": args.checkpoint or args.model, "provenance": provenance()}
-    print(json.dumps(result, indent=2))
-    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"search_speedup={result['search_speedup']:.2f} same_code={str(result['same_code']).lower()}")
 
 
@@ -202,10 +199,7 @@ def guided_bench(args, model: CTRModel, shots, starts: list[list[int]]) -> None:
               "cpu_time_ratio": round(cpu_time_ratio, 3),
               "objective_ratio": round(objective_ratio, 5),
               "model": args.checkpoint or args.model, "provenance": provenance()}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"eval_ratio={eval_ratio:.2f} time_ratio={time_ratio:.2f} objective_ratio={objective_ratio:.4f}")
 
 

@@ -33,6 +33,7 @@ import torch
 from ctr.config import TrainConfig
 from ctr.core.adapter import BackboneAdapter, adapter_for
 from ctr.core.backbone import load_backbone
+from ctr.bench.report import emit
 from ctr.provenance import hardware, provenance
 from ctr.train.trainer import train
 
@@ -122,10 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
               "tokens_per_s": round(tokens / secs[True], 1), "mfu": None if mfu is None else round(mfu, 4),
               "grouped_speedup": round(secs[False] / secs[True], 3),
               "hardware": hardware(), "provenance": provenance(argv)}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"tokens_per_s={result['tokens_per_s']} mfu={'na' if mfu is None else f'{mfu:.3f}'} "
           f"grouped_speedup={result['grouped_speedup']}")
     return result

@@ -14,12 +14,10 @@ Timings interleave the variants (A B, B A, ...) and report medians.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -29,6 +27,7 @@ from ctr.train.batching import Encoded, collate
 from ctr.config import CTRConfig
 from ctr.tasks.mixture import load_t0_tasks
 from ctr.core.model import CTRModel
+from ctr.bench.report import emit
 from ctr.provenance import provenance
 
 
@@ -114,10 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "target_only_ratio": round(head["target_only"] / head["full_logits"], 3),
         "provenance": provenance(),
     }
-    print(json.dumps(result, indent=2))
-    if args.out:  # results/<experiment>/<hardware>/ may not exist yet
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     print(f"ctr_step_ratio={result['ctr_step_ratio']} target_only_ratio={result['target_only_ratio']}")
 
 
