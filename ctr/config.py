@@ -154,6 +154,11 @@ class TrainConfig:
     micro_batch_tokens: int | None = opt(
         None, "also cap each forward pass at this many padded token positions (a row longer "
               "than the cap goes alone); --micro-batch-size still caps the rows")
+    gradient_checkpointing: bool = opt(
+        False, "stage 2: recompute the backbone's activations in the backward pass instead of "
+               "keeping them (less memory for large backbones, about 1/3 more compute)")
+    fused_adamw: Literal["auto", "yes", "no"] = opt(
+        "auto", "AdamW's fused kernel (one kernel for all parameters): auto = on GPU")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
     projection_lr_scale: float | None = opt(
@@ -227,6 +232,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.gradient_checkpointing and self.stage == 1:
+            raise ValueError("--gradient-checkpointing saves memory in stage 2; stage 1 keeps the "
+                             "frozen LM in eval mode, where checkpointing does nothing")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
         if self.data_workers < 1:

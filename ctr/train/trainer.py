@@ -116,7 +116,8 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
     return model
 
 
-def make_optimizer(model: CTRModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: CTRModel, cfg: TrainConfig, device: torch.device | None = None
+                   ) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     scales = {"encoder": cfg.projection_lr_scale if cfg.encoder_lr_scale is None else cfg.encoder_lr_scale,
               "decoder.weight": cfg.projection_lr_scale}
@@ -125,8 +126,10 @@ def make_optimizer(model: CTRModel, cfg: TrainConfig) -> torch.optim.Optimizer:
               *({"params": [p for n, p in named if n == name], "weight_decay": cfg.weight_decay,
                  "lr": cfg.lr * scale} for name, scale in scales.items()),
               {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]  # biases, norms
+    fused = cfg.fused_adamw == "yes" or (cfg.fused_adamw == "auto" and device is not None
+                                         and device.type == "cuda")
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2))
+                             betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -229,8 +232,12 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         model.freeze_backbone()
     else:
         train_backbone(model, cfg)  # whole, or LoRA adapters with --lora (ctr.train.lora)
+        if cfg.gradient_checkpointing:  # non-reentrant: the soft prompt's gradient passes through
+            enable = getattr(model.backbone, "activation_checkpointing_enable", None) or \
+                model.backbone.gradient_checkpointing_enable  # its name in older transformers
+            enable({"use_reentrant": False})
     model.train()
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, acc.device)
     # not passed to acc.prepare: Accelerate would step it once per process per step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start = 0

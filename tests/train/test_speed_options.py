@@ -1,0 +1,42 @@
+"""Speed and memory options of the trainer change nothing but speed and memory:
+--gradient-checkpointing and --fused-adamw give the loss, gradients and update of the
+plain run (float rounding aside)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctr.config import TrainConfig
+from ctr.train.trainer import train
+from test_micro_batches import first_step, varied_tasks
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_gradient_checkpointing_gives_the_same_stage2_gradients(tiny_paths, tmp_path, arch):
+    tasks = varied_tasks(tmp_path / "tasks.jsonl")
+    run = lambda name, **kw: first_step(tiny_paths, tasks, tmp_path / name, arch, stage=2, joint=True,
+                                        micro_batch_size=4, **kw)
+    ref_record, ref = run("plain")
+    record, got = run("checkpointed", gradient_checkpointing=True)
+    assert record["loss"] == pytest.approx(ref_record["loss"], rel=1e-6)
+    assert got.keys() == ref.keys() and any(n.startswith("backbone.") for n in ref)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_checkpointing_in_stage_1_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--gradient-checkpointing"):
+        TrainConfig(output_dir=str(tmp_path), stage=1, gradient_checkpointing=True)
+
+
+def test_fused_adamw_trains_the_same_weights(tiny_paths, task_file, tmp_path):
+    def weights(name, fused):
+        cfg = TrainConfig(output_dir=str(tmp_path / name), model=str(tiny_paths["llama"]), preset="tiny",
+                          train_files=[str(task_file)], max_source_len=32, max_target_len=8,
+                          code_length=3, codebook_size=8, steps=3, save_every=100, fused_adamw=fused)
+        return load_file(str(train(cfg) / "ctr_weights.safetensors"))
+    plain, fused = weights("plain", "no"), weights("fused", "yes")
+    assert plain.keys() == fused.keys()
+    for k in plain:
+        torch.testing.assert_close(fused[k], plain[k], rtol=1e-4, atol=1e-6, msg=k)
