@@ -10,6 +10,7 @@
 #   TPT      T0 tasks per task type (12)      T0MAX   T0 examples per task ("" = full sets)
 #   AUDIT_TASKS  tasks the audit runs, in order (T0 and near names)
 #   RELEASE_MIN  minutes of the release's stage 1 (8)   RELEASE  its name (smollm2-t0-s1)
+#   TP_ARGS  extra flags of the throughput benchmark (the CPU dry run: --limit-examples 20)
 # Every step has a time limit; a failed step is logged and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +50,8 @@ bench() {  # batched Bitwise Search vs one code at a time, fp32 and bf16
     --dtype bf16 --out $R/bench_search_bf16.json
 }
 throughput() {  # trainer tokens/s, MFU and the length-grouping speed-up, stage 2 then stage 1
-  python3 -m ctr.bench.train --throughput --stage 2 --out $R/throughput_stage2.json
-  python3 -m ctr.bench.train --throughput --stage 1 --out $R/throughput_stage1.json
+  python3 -m ctr.bench.train --throughput --model $MODEL ${TP_ARGS:-} --stage 2 --out $R/throughput_stage2.json
+  python3 -m ctr.bench.train --throughput --model $MODEL ${TP_ARGS:-} --stage 1 --out $R/throughput_stage1.json
 }
 guided() {  # exhaustive vs gradient-guided Bitwise Search, and the authors' loop, on one model
   local CK=$R/s1; [ -d $CK/final ] || CK=$R/release_run
