@@ -237,6 +237,10 @@ class TrainConfig:
                              "frozen LM in eval mode, where checkpointing does nothing")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
+        if self.micro_batch_tokens and self.dead_code_threshold > 0:
+            raise ValueError("--micro-batch-tokens with --dead-code-threshold: code usage decays once "
+                             "per forward pass, and a token budget makes the pass count depend on the "
+                             "lengths and the number of processes; cap passes by --micro-batch-size")
         if self.data_workers < 1:
             raise ValueError(f"--data-workers must be >= 1, got {self.data_workers}")
         if self.no_data_cache and any(p.endswith(".parquet") or os.path.isdir(p) for p in self.train_files):

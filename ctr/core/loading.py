@@ -5,7 +5,7 @@ A run folder holds final/ (the last model) and checkpoint-N/ (each with model/);
 folder holds ctr_config.json. Every command that takes a CTR model goes through
 `find_model_dir`, so they all accept the same three kinds of path, and a bare NAME that is
 no folder here: a released codebook, `checkpoints/NAME/` of this repository or of
-$CTR_CHECKPOINTS (`scripts/release_codebook.py` makes one from a stage-1 run).
+$CTR_CHECKPOINTS (`python -m ctr.interop.release` makes one from a stage-1 run).
 """
 from __future__ import annotations
 

@@ -173,9 +173,9 @@ class CodeQuantizer(nn.Module):
                                 generator: torch.Generator | None = None) -> None:
         """usage <- EMA (0.99 per forward pass) of the codes picked per forward pass;
         codes under the threshold take random encodings of the batch. With several
-        processes the counts are summed over all of them and the encodings gathered in
-        rank order, so every process makes the same update as one process would on the
-        whole global batch."""
+        processes the counts are summed over all of them and the encodings gathered, so
+        every process makes the same update as one process would on the whole global batch
+        (the encodings are ordered by content before the draw: row order does not matter)."""
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         counts = torch.cat([counts, counts.new_tensor([float(n_forwards)])])
         world = world_size()
@@ -195,6 +195,10 @@ class CodeQuantizer(nn.Module):
             return
         if world > 1:
             flat = _all_gather_rows(flat)
+        # a canonical order, whatever the split of the rows over passes and processes (the
+        # trainer groups rows by length): by content, so a pick names the same encoding
+        key = flat.double() @ torch.linspace(1, 2, flat.shape[1], dtype=torch.float64, device=flat.device)
+        flat = flat[torch.argsort(key, stable=True)]
         device = generator.device if generator is not None else flat.device
         pick = torch.randint(len(flat), (len(dead),), device=device, generator=generator)
         pick = pick.to(flat.device)

@@ -79,6 +79,20 @@ def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_l
     return out + [cur] if cur else out
 
 
+def split_passes(passes: list[list[Encoded]], n: int) -> list[list[Encoded]]:
+    """The same rows in `n` passes: the pass with the most rows is halved until there are n
+    (under --micro-batch-tokens processes may plan different counts, but DDP syncs buffers at
+    every forward pass, so all of them must run as many)."""
+    out = [list(p) for p in passes]
+    while len(out) < n:
+        i = max(range(len(out)), key=lambda j: len(out[j]))
+        if len(out[i]) < 2:
+            raise ValueError(f"cannot make {n} forward passes of {sum(map(len, out))} rows")
+        half = (len(out[i]) + 1) // 2
+        out[i:i + 1] = [out[i][:half], out[i][half:]]
+    return out
+
+
 def collate(rows: list[Encoded], pad_id: int, seq2seq: bool | BackboneAdapter,
             padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Tensors for CTRModel.forward, laid out by the backbone's adapter (`model.adapter`, or

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ctr.core.backbone import load_backbone
-from ctr.train.batching import MixtureSampler, collate, encode_tasks, micro_batches
+from ctr.train.batching import MixtureSampler, collate, encode_tasks, micro_batches, split_passes
 from ctr.train.dataset_cache import InMemoryRows, open_training_data
 from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
@@ -287,6 +287,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
         chunks = micro_batches(rows, cfg.micro_batch_size, core.adapter, cfg.group_by_length,
                                cfg.micro_batch_tokens)
+        if n_proc > 1 and cfg.micro_batch_tokens:  # as many passes on every process
+            chunks = split_passes(chunks, int(acc.gather(torch.tensor([len(chunks)], device=acc.device)).max()))
         for k, chunk in enumerate(chunks):
             if "micro_batch" in hooks:  # the rows of this forward pass (ctr.bench.throughput)
                 hooks["micro_batch"](step, chunk)

@@ -62,6 +62,8 @@ def test_micro_batch_flags_are_checked(tmp_path):
         TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=0)
     with pytest.raises(ValueError, match="--micro-batch-size"):
         micro_batches(rows_of([(1, 1)]), 0, DecoderOnlyAdapter())
+    with pytest.raises(ValueError, match="--micro-batch-tokens with --dead-code-threshold"):
+        TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5)
 
 
 def varied_tasks(path):
@@ -128,3 +130,15 @@ def test_throughput_benchmark_times_both_orders_on_the_same_batches(tiny_paths, 
     assert result["real_tokens"] > 0 and result["tokens_per_s"] > 0
     pad = result["padded_positions"]
     assert result["real_tokens"] <= pad["grouped"] < pad["sampled"]  # same rows, less padding
+
+
+def test_split_passes_halves_the_largest_until_there_are_n():
+    from ctr.train.batching import split_passes
+    rows = rows_of([(5, 1)] * 7)
+    passes = [rows[:4], rows[4:6], rows[6:]]
+    out = split_passes(passes, 5)
+    assert [len(p) for p in out] == [1, 1, 2, 2, 1]  # 4 -> 2 + 2 -> (1 + 1) + 2 ...
+    assert [r for p in out for r in p] == rows  # same rows, same order
+    assert split_passes(passes, 3) == passes
+    with pytest.raises(ValueError, match="cannot make 8 forward passes of 7 rows"):
+        split_passes(passes, 8)
