@@ -20,6 +20,8 @@ parameters outside the embedding and LM head, n_layer layers of width d, vocabul
   gradients only: no weight gradients for the frozen backbone);
 the CTR module (encoder, quantizer, decoder: under 0.1% of these) is left out. Padding
 is not counted as work, so the figure is what a user gets, not what the device does.
+`DecoderOnlyAdapter.training_flops` (ctr.core.adapter) computes it; seq2seq backbones
+have no formula here (mfu=na).
 """
 from __future__ import annotations
 
@@ -31,33 +33,13 @@ from pathlib import Path
 import torch
 
 from ctr.config import TrainConfig
-from ctr.core.adapter import BackboneAdapter, adapter_for
+from ctr.core.adapter import adapter_for
 from ctr.core.backbone import load_backbone
 from ctr.bench.report import emit
 from ctr.provenance import hardware, provenance
 from ctr.train.trainer import train
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
-
-
-def flops_per_row(shape: dict, positions: int, targets: int, stage: int) -> float:
-    k = 3 if stage == 2 else 2  # forward + weight and input gradients, or input gradients only
-    return k * (2 * shape["n"] * positions + 4 * shape["layers"] * shape["d"] * positions ** 2
-                + 2 * shape["d"] * shape["vocab"] * targets)
-
-
-def describe_backbone(model: str) -> tuple[BackboneAdapter, dict | None]:
-    """The backbone's adapter and, for decoder-only ones, N (parameters outside the embedding
-    and LM head), layers, width and vocabulary."""
-    backbone, _ = load_backbone(model)
-    cfg = backbone.config
-    if cfg.is_encoder_decoder:
-        return adapter_for(backbone), None
-    ends = {id(p) for m in (backbone.get_input_embeddings(), backbone.get_output_embeddings())
-            if m is not None for p in m.parameters()}
-    n = sum(p.numel() for p in backbone.parameters() if id(p) not in ends)
-    return adapter_for(backbone), {"n": n, "layers": cfg.num_hidden_layers, "d": cfg.hidden_size,
-                                   "vocab": cfg.vocab_size}
 
 
 def peak_flops() -> float | None:
@@ -107,13 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
             passes[grouped] += p
     secs = {g: sum(r["step_time"] for r in rs) for g, rs in records.items()}
     tokens = sum(r["tokens"] for r in records[True])
-    adapter, shape = describe_backbone(args.model)
+    backbone, _ = load_backbone(args.model)
+    adapter = adapter_for(backbone)
     padded = {g: sum(adapter.padded_tokens(p) for p in ps) for g, ps in passes.items()}
-    mfu, peak = None, peak_flops()
-    if shape and peak:
-        L = TrainConfig(output_dir=".", model=args.model).code_length
-        flops = sum(flops_per_row(shape, s + t + L, t, args.stage) for p in passes[True] for s, t in p)
-        mfu = flops / secs[True] / peak
+    L = TrainConfig(output_dir=".", model=args.model).code_length
+    flops = adapter.training_flops(backbone, [r for p in passes[True] for r in p], L, args.stage == 1)
+    peak = peak_flops()
+    mfu = flops / secs[True] / peak if flops and peak else None
     result = {"model": args.model, "stage": args.stage, "batch": args.batch, "micro": args.micro,
               "max_source_len": args.max_source_len, "max_target_len": args.max_target_len,
               "timed_steps_per_variant": len(records[True]),

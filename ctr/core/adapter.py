@@ -108,6 +108,13 @@ class BackboneAdapter(ABC):
     def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
         """Positions `collate` pads rows of these (source, target) lengths to, all rows together."""
 
+    def training_flops(self, backbone: PreTrainedModel, lengths: list[tuple[int, int]], prompt_len: int,
+                       frozen: bool) -> float | None:
+        """Model FLOPs of a training pass over rows of these (source, target) lengths with a
+        soft prompt of `prompt_len` positions (formula: `ctr.bench.throughput`); None where
+        no formula is kept (seq2seq)."""
+        return None
+
     @abstractmethod
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
@@ -252,6 +259,17 @@ class DecoderOnlyAdapter(BackboneAdapter):
 
     def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
         return len(lengths) * max(s + t for s, t in lengths) if lengths else 0  # one sequence per row
+
+    def training_flops(self, backbone: PreTrainedModel, lengths: list[tuple[int, int]], prompt_len: int,
+                       frozen: bool) -> float | None:
+        cfg = backbone.config
+        ends = {id(p) for m in (backbone.get_input_embeddings(), backbone.get_output_embeddings())
+                if m is not None for p in m.parameters()}
+        n = sum(p.numel() for p in backbone.parameters() if id(p) not in ends)  # the body
+        k = 2 if frozen else 3  # forward + input gradients (+ weight gradients when trained)
+        d, layers = cfg.hidden_size, cfg.num_hidden_layers
+        return float(sum(k * (2 * n * (s + t + prompt_len) + 4 * layers * d * (s + t + prompt_len) ** 2
+                              + 2 * d * cfg.vocab_size * t) for s, t in lengths))
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:

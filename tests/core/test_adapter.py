@@ -147,3 +147,20 @@ def test_no_seq2seq_branch_outside_the_adapter():
             continue
         offenders += [f"ctr/{rel}:{n}" for n in architecture_branches(path.read_text())]
     assert not offenders, f"architecture branches outside ctr/core/adapter.py: {offenders}"
+
+
+def test_training_flops_count_the_body_attention_and_head_per_row():
+    """ctr.bench.throughput's formula: k x (2 N P + 4 layers d P^2 + 2 d V T), k = 3 trained, 2 frozen."""
+    from ctr.core.adapter import DecoderOnlyAdapter, Seq2SeqAdapter
+    from ctr.core.testing import tiny_backbone
+    llama, _ = tiny_backbone("llama")
+    cfg = llama.config
+    n = sum(p.numel() for name, p in llama.named_parameters()
+            if "embed_tokens" not in name and "lm_head" not in name)
+    row = lambda s, t, k: k * (2 * n * (s + t + 4) + 4 * cfg.num_hidden_layers * cfg.hidden_size * (s + t + 4) ** 2
+                               + 2 * cfg.hidden_size * cfg.vocab_size * t)
+    lengths = [(7, 2), (3, 5)]
+    assert DecoderOnlyAdapter().training_flops(llama, lengths, 4, False) == sum(row(s, t, 3) for s, t in lengths)
+    assert DecoderOnlyAdapter().training_flops(llama, lengths, 4, True) == sum(row(s, t, 2) for s, t in lengths)
+    t5, _ = tiny_backbone("t5")
+    assert Seq2SeqAdapter().training_flops(t5, lengths, 4, False) is None
