@@ -44,9 +44,9 @@ def runs(tiny_paths, tmp_path_factory):
     seen = {}
     make = trainer.make_optimizer
 
-    def capture(model, cfg):
+    def capture(model, cfg, *args):
         seen["model"] = model
-        return make(model, cfg)
+        return make(model, cfg, *args)
     trainer.make_optimizer = capture
     try:
         final = train(lora_cfg(tiny_paths, task_file, stage1, root / "s2"))
