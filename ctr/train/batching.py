@@ -70,9 +70,9 @@ def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_l
         order.sort(key=lambda r: len(r.source) + len(r.target), reverse=True)
     out: list[list[Encoded]] = []
     cur: list[Encoded] = []
+    lengths = lambda rows: [(len(x.source), len(x.target)) for x in rows]
     for r in order:
-        grown = [(len(x.source), len(x.target)) for x in cur + [r]]
-        if cur and (len(cur) == size or (max_tokens and adapter.padded_tokens(grown) > max_tokens)):
+        if cur and (len(cur) == size or (max_tokens and adapter.padded_tokens(lengths(cur + [r])) > max_tokens)):
             out.append(cur)
             cur = []
         cur.append(r)
