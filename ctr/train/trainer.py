@@ -38,8 +38,8 @@ from ctr.core.loading import require_model_dir
 from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
-from ctr.core.codes import code_usage
 from ctr.train.lora import lora_summary, train_backbone
+from ctr.train.metrics import step_record
 from ctr.train.parallelism import refuse_sharding
 from ctr.train.time_budget import TimeBudget
 
@@ -328,17 +328,11 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         done = step + 1
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vq=f"{stats['vq_loss']:.3f}")
-        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            record = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 6),
-                      "step_time": round(time.time() - t0, 4), "tokens": n_inputs, **decided}
-            if core.config.use_codes:
-                usage = code_usage(core.task_codes().cpu(), core.config.codebook_size)
-                record.update(code_perplexity=usage["perplexity"], codes_in_use=usage["codes_in_use"],
-                              distinct_values=usage["distinct_values"])
-                if revival and core.config.dead_code_threshold > 0:
-                    record["revived_codes"] = core.quantizer.revived
-            append_jsonl(out / "metrics.jsonl", record)
+        record = lambda: step_record(done, stats, scheduler.get_last_lr()[0], grad_norm, step_time,
+                                     n_inputs, decided, core, revival)
+        step_time, logged = time.time() - t0, done % cfg.log_every == 0 or done == cfg.steps
+        if acc.is_main_process and logged:
+            append_jsonl(out / "metrics.jsonl", record())
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -351,6 +345,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             acc.wait_for_everyone()  # the checkpoint is on disk when any process returns
             return out
         if budget.out_of_time(done, core):  # ends with final/ inside --max-minutes
+            if acc.is_main_process and not logged:  # the last step is always in metrics.jsonl
+                append_jsonl(out / "metrics.jsonl", record())
             break
     acc.wait_for_everyone()
     final = out / "final"

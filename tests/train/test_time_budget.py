@@ -109,13 +109,15 @@ def test_the_decision_is_recorded_and_kept_on_resume(tiny_paths, task_file, tmp_
 
 
 def test_the_guard_stops_a_run_that_would_overrun(tiny_paths, task_file, tmp_path, monkeypatch):
-    """Steps that turn 5x slower after the decision: the run stops early, final/ in time."""
+    """Steps that turn 5x slower after the decision: the run stops early, final/ in time,
+    and its last step is in metrics.jsonl even off --log-every."""
     clock = fake_time(monkeypatch, lambda step: 1.0 if step <= PROBE_STEPS else 5.0)
     out = tmp_path / "run"
-    train(cfg_for(tiny_paths, task_file, out, max_minutes=1))
+    train(cfg_for(tiny_paths, task_file, out, max_minutes=1, log_every=1000))
     budget = json.loads((out / BUDGET_FILE).read_text())
     assert PROBE_STEPS < budget["ended_early_at"] < budget["steps"]
-    assert budget["steps_done"] == budget["ended_early_at"] == records(out)[-1]["step"]
+    assert [r["step"] for r in records(out)] == [budget["steps_done"]] == [budget["ended_early_at"]]
+    assert records(out)[-1]["lm_loss"] > 0 and records(out)[-1]["tokens"] > 0
     assert clock.t <= 60  # the budget held (the fake saves take no time)
     assert load_model(str(out)).config.num_tasks == 3
     # the run goes on to the decided end from its last checkpoint
