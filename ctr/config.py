@@ -316,7 +316,8 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                        projection_lr_scale=1.0)},
     "cpu-demo": {1: dict(steps=40, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=4,
                       projection_lr_scale=0.01),
-                 2: dict(steps=20, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=2,
+                 # 50 steps: what fits the demo's 15 minutes (results/demo/cpu/demo_2026-11-28b.md)
+                 2: dict(steps=50, batch_size=8, micro_batch_size=8, lr=1e-4, warmup_steps=5,
                       projection_lr_scale=1.0)},
     # Tests on tiny random models.
     "tiny": {1: dict(steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, warmup_steps=1,
