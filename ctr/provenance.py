@@ -97,8 +97,23 @@ def versions() -> dict[str, str | None]:
             "transformers": _version("transformers")}
 
 
+# The code that runs is the code imported when the process started: a commit or an edit made
+# while a long run goes on must not be credited with its result.
+_AT_IMPORT = (SOURCE_ROOT, git_state())
+
+
+def code_state() -> dict[str, Any]:
+    """git_state() of the code this process imported; when the checkout has changed since,
+    the state now is kept under "at_end"."""
+    now = git_state()
+    root, start = _AT_IMPORT
+    if root != SOURCE_ROOT or start["commit"] is None or start == now:
+        return now
+    return {**start, "at_end": now}
+
+
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     """commit, dirty, command, hardware, time (UTC, ISO 8601) and versions, for a results JSON."""
-    return {**git_state(), "command": command_line(argv), "hardware": hardware(),
+    return {**code_state(), "command": command_line(argv), "hardware": hardware(),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions()}

@@ -41,6 +41,18 @@ def test_commit_of_this_checkout():
     assert state["commit"] == head and isinstance(state["dirty"], bool)
 
 
+def test_a_commit_made_during_a_run_is_not_credited_with_its_result(monkeypatch):
+    now = git_state()
+    if now["commit"] is None:
+        pytest.skip("not a git checkout")
+    started = {"commit": "0" * 40, "dirty": False}  # what the process imported
+    monkeypatch.setattr(prov_mod, "_AT_IMPORT", (prov_mod.SOURCE_ROOT, started))
+    p = provenance(["ctr", "eval"])
+    assert (p["commit"], p["dirty"], p["at_end"]) == ("0" * 40, False, now)
+    monkeypatch.setattr(prov_mod, "_AT_IMPORT", (prov_mod.SOURCE_ROOT, now))
+    assert "at_end" not in provenance() and provenance()["commit"] == now["commit"]
+
+
 def test_provenance_fields():
     p = provenance(["ctr", "eval"])
     assert set(p) == {"commit", "dirty", "command", "hardware", "time", "versions"}
