@@ -62,8 +62,8 @@ def print_stage1(run: Path, types: dict[str, str]) -> None:
 
 
 def by_type(ranked: list[dict[str, Any]], types: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The candidate of each task type that agrees most with the majority vote (the
-    ranking is best first), with the type's mean agreement."""
+    """Per task type: the code that agrees most with the majority vote (`ranked` is best
+    first), the task it belongs to, and the agreements of all the type's codes."""
     best: dict[str, dict[str, Any]] = {}
     for r in ranked:
         for t in r["tasks"]:
