@@ -157,6 +157,8 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(
         False, "stage 2: recompute the backbone's activations in the backward pass instead of "
                "keeping them (less memory for large backbones, about 1/3 more compute)")
+    compile: bool = opt(False, "torch.compile the backbone (inductor, dynamic shapes): the first "
+                               "passes of each new shape compile; weights and saves are unchanged")
     fused_adamw: Literal["auto", "yes", "no"] = opt(
         "auto", "AdamW's fused kernel (one kernel for all parameters): auto = on GPU")
     lr: float | None = opt(None, "peak learning rate")

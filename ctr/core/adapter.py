@@ -116,6 +116,10 @@ class BackboneAdapter(ABC):
         return None
 
     @abstractmethod
+    def trunk(self, model: CTRModel) -> torch.nn.Module:
+        """The module a training pass spends its time in (what `--compile` compiles)."""
+
+    @abstractmethod
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
         """The loss of `labels` from prepared inputs (see `CTRModel.forward`)."""
@@ -179,6 +183,9 @@ class Seq2SeqAdapter(BackboneAdapter):
     def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
         # encoder rows pad to the longest source, decoder rows to the longest target
         return len(lengths) * (max(s for s, _ in lengths) + max(t for _, t in lengths)) if lengths else 0
+
+    def trunk(self, model: CTRModel) -> torch.nn.Module:
+        return model.backbone  # training calls the whole encoder-decoder
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
@@ -259,6 +266,9 @@ class DecoderOnlyAdapter(BackboneAdapter):
 
     def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
         return len(lengths) * max(s + t for s, t in lengths) if lengths else 0  # one sequence per row
+
+    def trunk(self, model: CTRModel) -> torch.nn.Module:
+        return model.body  # target-only training calls the body; the LM head runs on targets only
 
     def training_flops(self, backbone: PreTrainedModel, lengths: list[tuple[int, int]], prompt_len: int,
                        frozen: bool) -> float | None:

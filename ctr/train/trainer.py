@@ -43,6 +43,8 @@ from ctr.train.metrics import step_record
 from ctr.train.parallelism import refuse_sharding
 from ctr.train.time_budget import TimeBudget
 
+COMPILE_BACKEND = "inductor"  # --compile's torch.compile backend (tests use a faster one)
+
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient; the last checkpoint on disk is the last good state."""
@@ -236,6 +238,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             enable = getattr(model.backbone, "activation_checkpointing_enable", None) or \
                 model.backbone.gradient_checkpointing_enable  # its name in older transformers
             enable({"use_reentrant": False})
+    if cfg.compile:  # in place: parameter names, state dicts and saves stay those of the module
+        model.adapter.trunk(model).compile(dynamic=True, backend=COMPILE_BACKEND)
     model.train()
     optimizer = make_optimizer(model, cfg, acc.device)
     # not passed to acc.prepare: Accelerate would step it once per process per step
