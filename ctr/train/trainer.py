@@ -332,9 +332,9 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         done = step + 1
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vq=f"{stats['vq_loss']:.3f}")
-        record = lambda: step_record(done, stats, scheduler.get_last_lr()[0], grad_norm, step_time,
-                                     n_inputs, decided, core, revival)
         step_time, logged = time.time() - t0, done % cfg.log_every == 0 or done == cfg.steps
+        record = lambda: step_record(done, stats, scheduler.get_last_lr()[0], grad_norm, step_time,
+                                     n_inputs, decided, core, revival)  # noqa: E731 (built when logged)
         if acc.is_main_process and logged:
             append_jsonl(out / "metrics.jsonl", record())
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
