@@ -138,13 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, f"{sel['from_tasks'][0]}", zl[stage]["results"]["tasks"][HELD_OUT]))
 
     # 4. what the codes did: the stage-2 model under the best code of each task type
+    ranked = {stage: zl[stage]["selection"][HELD_OUT]["ranked"] for stage in zl}
+    agreement = {stage: mean(r["agreement"] for r in rs) for stage, rs in ranked.items()}
     model2 = load_model(str(s2))
-    kinds = []
-    for stage in ("s1", "s2"):
-        ranked = zl[stage]["selection"][HELD_OUT]["ranked"]
-        kinds.append((stage, mean(r["agreement"] for r in ranked), by_type(ranked, types)))
-    per_type = [(ttype, e, column(model2, code=",".join(map(str, e["code"]))))
-                for ttype, e in sorted(kinds[1][2].items())]
+    chosen = zl["s2"]["results"]["tasks"][HELD_OUT]  # the selected code leads its type: scored already
+    per_type = [(ttype, e, chosen if e["code"] == chosen["code"]
+                 else column(model2, code=",".join(map(str, e["code"]))))
+                for ttype, e in sorted(by_type(ranked["s2"], types).items())]
 
     lines = [f"\n## {HELD_OUT}, held out ({args.examples} validation examples x first {TEMPLATES} templates, "
              f"median accuracy %; vs backbone: difference of the mean over templates, paired "
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {ttype} | {e['task']} | {res['median']:.1f} | {versus(res, backbone)} | "
               f"{mean(e['agreements']):.2f} |" for ttype, e, res in per_type]
     lines += ["", "| model | mean agreement of the 20 codes with their majority vote |", "|---|---:|"]
-    lines += [f"| stage {stage[1]} | {agree:.2f} |" for stage, agree, _ in kinds]
+    lines += [f"| stage {stage[1]} | {agree:.2f} |" for stage, agree in agreement.items()]
     print("\n".join(lines))
     (out / "demo_table.md").write_text("\n".join(lines) + "\n")
     write_json(out / "demo_results.json", {  # every scored column, per template and example

@@ -278,8 +278,9 @@ class DecoderOnlyAdapter(BackboneAdapter):
         n = sum(p.numel() for p in backbone.parameters() if id(p) not in ends)  # the body
         k = 2 if frozen else 3  # forward + input gradients (+ weight gradients when trained)
         d, layers = cfg.hidden_size, cfg.num_hidden_layers
-        return float(sum(k * (2 * n * (s + t + prompt_len) + 4 * layers * d * (s + t + prompt_len) ** 2
-                              + 2 * d * cfg.vocab_size * t) for s, t in lengths))
+        positions = [(prompt_len + s + t, t) for s, t in lengths]  # (P, T) per row
+        return float(sum(k * (2 * n * P + 4 * layers * d * P ** 2 + 2 * d * cfg.vocab_size * T)
+                         for P, T in positions))
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
                 return_logits: bool, target_only: bool) -> CTROutput:
