@@ -11,14 +11,16 @@ tokenised once, their codes x shots rows sorted by length into passes of --batch
 Without --checkpoint a fresh CTR model on the backbone is used (timing does not depend on
 training). Last line: `search_speedup=<reference time / batched time> same_code=<true|false>`.
 
-    python -m ctr.bench.search --guided [--shots 8] [--guide-top 8] [--max-sweeps 2]
+    python -m ctr.bench.search --guided [--shots 8] [--guide-top 8[,16,32]] [--max-sweeps 2]
 
 `--guided` compares the exhaustive batched search with the gradient-guided one
 (`ctr.adapt.guided_search`) instead: same model, shots, start codes, order and values (all
 K by default), one after the other in one run. Also measured, untimed: the ranking's
 recall along the exhaustive trajectory. Last line: `eval_ratio=<exhaustive evaluations /
 guided> time_ratio=<exhaustive time / guided time> objective_ratio=<guided final objective /
-exhaustive final objective>`.
+exhaustive final objective>`. Several --guide-top values run one guided search each against the
+one exhaustive search (the trade-off between evaluations and objective); the first is the
+headline of the last line, the others print a `top=<m> ...` line each before it.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 from ctr.core.backbone import default_device, load_backbone
 from ctr.train.batching import Encoded, collate
 from ctr.adapt.bitwise_search import ShotObjective, bitwise_search
-from ctr.adapt.guided_search import GradientGuide, loss_and_gradient, ranking_recall, run_search
+from ctr.adapt.guided_search import GradientGuide, check_top, loss_and_gradient, ranking_recall, run_search
 from ctr.config import CTRConfig
 from ctr.tasks.registry import get_task, render_task
 from ctr.bench.report import emit
@@ -68,6 +70,23 @@ def reference_objective(model: CTRModel, texts: list[tuple[str, str]], delimiter
     return objective
 
 
+def top_list(text: str) -> list[int]:
+    """`--guide-top 8` or `--guide-top 8,16,32`: distinct values, each >= 1 (K-1 is checked
+    once the model is loaded)."""
+    try:
+        tops = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    for top in tops:
+        try:
+            check_top(top)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if len(set(tops)) != len(tops):
+        raise argparse.ArgumentTypeError(f"a value is repeated in {text!r}")
+    return tops
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="CTR run/model folder (default: fresh CTR)")
@@ -80,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-sweeps", type=int, default=None, help="default 1 (--guided: 2)")
     ap.add_argument("--guided", action="store_true",
                     help="exhaustive vs gradient-guided search instead of batched vs reference")
-    ap.add_argument("--guide-top", type=int, default=8, help="--guided: values scored per position")
+    ap.add_argument("--guide-top", type=top_list, default=[8],
+                    help="--guided: values scored per position; several (8,16,32): one guided "
+                         "search each, the first is the headline")
     ap.add_argument("--no-recall", action="store_true", help="--guided: skip the recall measurement")
     ap.add_argument("--trajectory-dir", default=None,
                     help="--guided: write both searches' trajectories here (a cut run keeps its steps)")
@@ -164,43 +185,53 @@ def guided_bench(args, model: CTRModel, shots, starts: list[list[int]]) -> None:
         return lambda r: print(f"[{tag}] sweep {r['sweep']} step {r['step']} position {r['position']}: "
                                f"scored {r['tried']}, objective {r['objective']:.4f}"
                                f"{' (accepted)' if r['accepted'] else ''}, {r['time']}s", flush=True)
-    sync()  # the guided search first: the short one is complete even if a long run is cut
+    sync()  # the guided searches first: the short ones are complete even if a long run is cut
     traj = Path(args.trajectory_dir) if args.trajectory_dir else None
+    names = ["guided"] + [f"guided_top{m}" for m in args.guide_top[1:]]
     if traj:  # fresh files: a resumed search would not be timed
         traj.mkdir(parents=True, exist_ok=True)
-        for name in ("guided", "exhaustive"):
+        for name in names + ["exhaustive"]:
             (traj / f"trajectory_{name}.jsonl").unlink(missing_ok=True)
     path = lambda name: traj / f"trajectory_{name}.jsonl" if traj else None
-    guide = GradientGuide(model, shots, args.guide_top)
-    gd, gd_rep = run_search(obj, starts, values, guide, args.max_sweeps, args.seed,
-                            trajectory_path=path("guided"), on_step=progress("guided"))
-    sync()
+    for top in args.guide_top:  # every value before the first search
+        check_top(top, K)
+    guided = []
+    for top, name in zip(args.guide_top, names):
+        gd, gd_rep = run_search(obj, starts, values, GradientGuide(model, shots, top), args.max_sweeps,
+                                args.seed, trajectory_path=path(name), on_step=progress(name))
+        sync()
+        guided.append((top, gd, gd_rep))
     ex, ex_rep = run_search(obj, starts, values, None, args.max_sweeps, args.seed,
                             trajectory_path=path("exhaustive"), on_step=progress("exhaustive"))
     sync()
     recall = None
     if not args.no_recall:  # untimed: a fresh guide ranks at each exhaustive step's code
-        recall = ranking_recall(GradientGuide(model, shots, args.guide_top), ex.trajectory, values,
+        recall = ranking_recall(GradientGuide(model, shots, args.guide_top[0]), ex.trajectory, values,
                                 tops=[1, 2, 4, 8, 16, 32, 64])
-    eval_ratio = ex_rep["evaluations"] / gd_rep["evaluations"]
-    time_ratio = ex_rep["seconds"] / gd_rep["seconds"]
-    cpu_time_ratio = ex_rep["cpu_seconds"] / gd_rep["cpu_seconds"]
-    objective_ratio = gd_rep["objective"] / ex_rep["objective"]
+
+    def ratios(top, gd, gd_rep):  # one guided search against the exhaustive one
+        return {"top": top, **gd_rep, "code": gd.code, "same_code": gd.code == ex.code,
+                "eval_ratio": round(ex_rep["evaluations"] / gd_rep["evaluations"], 3),
+                "time_ratio": round(ex_rep["seconds"] / gd_rep["seconds"], 3),
+                "cpu_time_ratio": round(ex_rep["cpu_seconds"] / gd_rep["cpu_seconds"], 3),
+                "objective_ratio": round(gd_rep["objective"] / ex_rep["objective"], 5)}
+    by_top = [ratios(*g) for g in guided]
+    head = by_top[0]
     result = {"task": args.task, "shots": len(shots), "shot_tokens": [len(s.input_ids) for s in shots],
               "max_input_len": args.max_input_len, "code_length": L, "codebook_size": K,
               "values_per_position": len(values[0]), "start_codes": len(starts),
-              "max_sweeps": args.max_sweeps, "guide_top": args.guide_top, "dtype": args.dtype,
+              "max_sweeps": args.max_sweeps, "guide_top": args.guide_top[0], "dtype": args.dtype,
               "batch_size": args.batch_size, "threads": torch.get_num_threads(),
               "exhaustive": {**ex_rep, "code": ex.code, "start_code": ex.start_code,
                              "start_objective": ex.start_objective},
-              "guided": {**gd_rep, "code": gd.code, "start_code": gd.start_code},
-              "same_code": ex.code == gd.code, "recall": recall,
-              "eval_ratio": round(eval_ratio, 3), "time_ratio": round(time_ratio, 3),
-              "cpu_time_ratio": round(cpu_time_ratio, 3),
-              "objective_ratio": round(objective_ratio, 5),
-              "model": args.checkpoint or args.model, "provenance": provenance()}
+              "guided": {**guided[0][2], "code": guided[0][1].code, "start_code": guided[0][1].start_code},
+              "same_code": head["same_code"], "recall": recall,
+              **{k: head[k] for k in ("eval_ratio", "time_ratio", "cpu_time_ratio", "objective_ratio")},
+              "by_top": by_top, "model": args.checkpoint or args.model, "provenance": provenance()}
     emit(result, args.out)
-    print(f"eval_ratio={eval_ratio:.2f} time_ratio={time_ratio:.2f} objective_ratio={objective_ratio:.4f}")
+    for r in by_top[1:] + by_top[:1]:  # the headline last
+        tag = "" if r is head else f"top={r['top']} "
+        print(f"{tag}eval_ratio={r['eval_ratio']:.2f} time_ratio={r['time_ratio']:.2f} objective_ratio={r['objective_ratio']:.4f}")
 
 
 if __name__ == "__main__":

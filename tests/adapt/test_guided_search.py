@@ -245,3 +245,37 @@ def test_few_shot_adapt_task_with_the_gradient_guide(tmp_path, objective):
     for key in ("search_code", "start_code", "code", "codes_scored"):
         assert full[key] == exhaustive[key], key
     assert exhaustive["search"]["guide"] == "none"
+
+
+# ---- the benchmark ---------------------------------------------------------------------
+def test_guided_bench_compares_several_tops_with_one_exhaustive_search(tiny_paths, tmp_path, capsys):
+    """`python -m ctr.bench.search --guided --guide-top 2,7`: one guided search per top
+    against the same exhaustive search; at K-1 = 7 the guided search is the exhaustive one
+    (same code, ratio 1), the headline (top 2) prints last."""
+    need_data()
+    from ctr.bench.search import main
+    ckpt = saved_checkpoint(tmp_path / "ckpt", tiny_paths)
+    out = tmp_path / "bench.json"
+    main(["--guided", "--checkpoint", str(ckpt), "--shots", "2", "--max-input-len", "16",
+          "--max-sweeps", "1", "--guide-top", "2,7", "--trajectory-dir", str(tmp_path / "traj"),
+          "--out", str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("top=7 eval_ratio=1.00 ") and lines[-2].endswith("objective_ratio=1.0000")
+    assert lines[-1].startswith("eval_ratio=")
+    r = json.loads(out.read_text())
+    two, seven = r["by_top"]
+    assert (two["top"], seven["top"]) == (2, 7) and r["guide_top"] == 2
+    assert seven["code"] == r["exhaustive"]["code"] and seven["same_code"] and seven["objective_ratio"] == 1
+    assert seven["evaluations"] == r["exhaustive"]["evaluations"] > two["evaluations"]
+    assert r["eval_ratio"] == two["eval_ratio"] and r["guided"]["evaluations"] == two["evaluations"]
+    assert {p.name for p in (tmp_path / "traj").iterdir()} == {
+        "trajectory_guided.jsonl", "trajectory_guided_top7.jsonl", "trajectory_exhaustive.jsonl"}
+
+
+@pytest.mark.parametrize("bad, message", [("0", "must be an integer >= 1"), ("8,x", "integers separated"),
+                                          ("4,4", "repeated")])
+def test_guided_bench_rejects_bad_tops(bad, message, capsys):
+    from ctr.bench.search import main
+    with pytest.raises(SystemExit):
+        main(["--guided", "--guide-top", bad])
+    assert message in capsys.readouterr().err
