@@ -55,7 +55,7 @@ throughput() {  # trainer tokens/s, MFU and the length-grouping speed-up, stage 
 }
 guided() {  # exhaustive vs gradient-guided Bitwise Search, and the authors' loop, on one model
   local CK=$R/s1; [ -d $CK/final ] || CK=$R/release_run
-  python3 -m ctr.bench.search --guided --checkpoint $CK --shots 8 --max-sweeps 2 --batch-size 512 \
+  python3 -m ctr.bench.search --guided --checkpoint $CK --shots 8 --max-sweeps 2 --batch-size 512 --guide-top 8,16,32 \
     --out $R/bench_guided.json
   python3 -m ctr.bench.search --checkpoint $CK --shots 8 --values 32 --batch-size 512 \
     --out $R/bench_search_release.json

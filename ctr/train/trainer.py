@@ -244,11 +244,10 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     optimizer = make_optimizer(model, cfg, acc.device)
     # not passed to acc.prepare: Accelerate would step it once per process per step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    start = 0
-    if resume_from is not None:
-        start = load_training_state(resume_from, optimizer, scheduler)["step"]
-        if acc.is_main_process:
-            _truncate_metrics(out / "metrics.jsonl", start)
+    start = 0 if resume_from is None else load_training_state(resume_from, optimizer, scheduler)["step"]
+    if acc.is_main_process:  # records after the start go: a fresh start keeps none of a dead run's
+        _truncate_metrics(out / "metrics.jsonl", start)
+        if resume_from is not None:
             print(f"[ctr] resumed from {resume_from} at step {start}")
     model, optimizer = acc.prepare(model, optimizer)
     core: CTRModel = acc.unwrap_model(model)
@@ -368,8 +367,9 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from (and a last line a kill
-    cut off); the file is replaced atomically."""
+    """Drop records written after the checkpoint we resume from (all of them on a fresh
+    start: a run killed before its first checkpoint starts over), and a last line a kill
+    cut off; the file is replaced atomically."""
     if not path.exists():
         return
     write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])

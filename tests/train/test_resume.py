@@ -72,6 +72,18 @@ def test_truncated_metrics_line_resumes_to_the_uninterrupted_run(tiny_paths, run
     assert strip_metrics(full.parent / "metrics.jsonl") == strip_metrics(metrics)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_metrics_over(tiny_paths, runs, tmp_path):
+    """--resume without a checkpoint starts fresh, and so does metrics.jsonl: the dead
+    run's records (steps 1-5 here) must not stay in front of the new ones."""
+    task_file, full, _ = runs
+    cut = killed_copy(runs, tmp_path / "cut")
+    for c in cut.glob("checkpoint-*"):
+        shutil.rmtree(c)
+    again = train(cfg_for(tiny_paths, task_file, cut, resume=True))
+    same_weights(full, again)
+    assert strip_metrics(full.parent / "metrics.jsonl") == strip_metrics(cut / "metrics.jsonl")
+
+
 def test_a_corrupt_middle_metrics_line_stops_the_resume(tmp_path):
     from ctr.train.trainer import _truncate_metrics
     p = tmp_path / "metrics.jsonl"
