@@ -563,7 +563,8 @@ def markdown(ev: dict[str, Any]) -> str:
         kind = "multi-task baseline" if t["no_codes"] else f"CTR stage {t['stage']}"
         loss = "-" if t["lm_loss_last10"] is None else f"{t['lm_loss_last10']:.3f}"
         lines.append(f"| {t['seed']} | {t['pair']} | {t['run']} ({kind}) | {t['stage']} | {len(t['tasks'])} | "
-                     f"{t['steps']} x {t['batch_size']} | {t['lr']} | {loss} | {t['train_seconds']:.0f} |")
+                     f"{t['steps']} x {t['batch_size']}{'' if t['finished'] else ' (unfinished)'} | "
+                     f"{t['lr']} | {loss} | {t['train_seconds']:.0f} |")
     if ev["timings"]:
         lines += ["", f"Wall time of the steps run ({len(ev['timings'])} logged in `timings.tsv`): "
                   f"{ev['total_step_seconds'] / 3600:.2f} h."]

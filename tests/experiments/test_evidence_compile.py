@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -223,6 +224,11 @@ def test_markdown_and_json_carry_the_computed_numbers(tmp_path):
     assert set(js["provenance"]) >= {"commit", "dirty", "command", "hardware", "time", "versions"}
     assert js["inputs"]["seed0/main/glue_sst2/mt/results.json"]["commit"] == "f" * 40
     assert js["total_step_seconds"] == 1800
+    assert "(unfinished)" not in md  # every fabricated run has final/; one without is marked
+    shutil.rmtree(runs / "seed1" / "main" / "mt" / "final")
+    md = ce.markdown(ce.compile_evidence(runs, args()))
+    assert sum("(unfinished)" in x for x in md.splitlines()) == 1
+    assert next(x for x in md.splitlines() if "(unfinished)" in x).startswith("| 1 | main | mt ")
     # a changed input changes the table: nothing is hard-coded
     data2 = standard_data(shift=100)
     runs2 = fabricate(tmp_path / "runs2", data2)
