@@ -160,6 +160,9 @@ class GradientGuide:
 
     def __call__(self, code: list[int], pos: int, trial_values: list[int]
                  ) -> tuple[list[int], dict[str, Any]]:
+        if len(trial_values) <= self.top:  # all of them are scored (e.g. --values seen): no gradient
+            return list(trial_values), {"candidates": len(trial_values), "scored": list(trial_values),
+                                        "estimates": None}
         self.positions += 1
         est = self.estimates(code)[pos]
         chosen = set(self.rank(code, pos, trial_values)[:self.top])

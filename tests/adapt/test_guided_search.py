@@ -92,7 +92,8 @@ def test_top_k_minus_1_is_the_exhaustive_search(arch, kind):
     for before, a, b in zip(codes_at, ex.trajectory[1:], gd.trajectory[1:]):
         assert b["scored"] == [v for v in range(K) if v != before[b["position"]]]  # every other value
         assert {k: a[k] for k in a if k != "time"} == {k: b[k] for k in a if k != "time"}
-    assert report["gradient_passes"] >= 1 and report["evaluations"] == ex.evaluations
+    # every other value fits the top: nothing to rank, so no backward pass
+    assert report["gradient_passes"] == 0 and report["evaluations"] == ex.evaluations
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -122,6 +123,18 @@ def test_guided_search_scores_top_values_and_keeps_only_strict_improvements(arch
     accepted = sum(r["accepted"] for r in res.trajectory[1:])
     assert 1 <= report["gradient_passes"] <= accepted + 1  # one per code the search ranked at
     assert report["objective"] == res.objective and report["seconds"] > 0
+
+
+def test_positions_with_no_more_values_than_top_are_scored_whole_without_a_gradient():
+    """--values seen can leave a position <= top values to try: all are scored (the
+    exhaustive search's answer) and no backward pass is spent ranking them."""
+    model, obj, starts = setup("llama")
+    values = [[0, 2, 5], [1, 3], [0, 1, 2], [7]]
+    res, report = run_search(obj, starts, values, GradientGuide(model, SHOTS, 3), max_sweeps=2, seed=0)
+    ex, _ = run_search(obj, starts, values, None, max_sweeps=2, seed=0)
+    assert report["gradient_passes"] == 0 and report["positions_ranked"] == 0
+    assert res.code == ex.code and res.evaluations == ex.evaluations
+    assert all(r["estimates"] is None for r in res.trajectory[1:] if "scored" in r)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
