@@ -3,6 +3,9 @@
 1. Stage-1 CTR codebook (LM frozen) on 20 short-input tasks of the T0 sample: sentiment
    (`amazon_polarity_*`), topic (`ag_news_*`) and paraphrase (`glue_qqp_*`), 40 steps of 8
    examples of at most 64 source tokens. Prints the loss curve, the code table by task type and codebook use.
+   `--stage1 NAME` starts from a released codebook of these 20 tasks instead (e.g.
+   `smollm2-near20-s1` under checkpoints/, or any stage-1 run folder), as a user starts
+   from a released model: no stage-1 training, offline.
 2. Stage 2 from that codebook (LM trained too) and the multi-task prompted baseline (the
    same LM training without codes), the same data, 50 steps each.
 3. SST-2, a held-out sentiment dataset (neither SST-2 nor Rotten Tomatoes is in the
@@ -18,15 +21,17 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
 from ctr.analysis.stats import paired_effect
-from ctr.config import TrainConfig
-from ctr.core.loading import load_model
-from ctr.fileio import write_json
+from ctr.config import CTRConfig, TrainConfig
+from ctr.core.model import CONFIG_FILE
+from ctr.core.loading import load_model, require_model_dir
+from ctr.fileio import read_json, write_json
 from ctr.inference.evaluate import EvalConfig, evaluate
 from ctr.provenance import provenance
 from ctr.tasks.mixture import data_dir, read_manifest
@@ -62,6 +67,28 @@ def print_stage1(run: Path, types: dict[str, str]) -> None:
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     print(f"\ncodebook use: {last['distinct_values']} distinct values over {len(table)} tasks; "
           f"per-position perplexity {last['code_perplexity']}\n")
+
+
+@dataclass
+class Released:
+    folder: Path
+    config: CTRConfig
+
+
+def released_stage1(name: str, model: str) -> Released:
+    """The stage-1 codebook --stage1 names: a frozen-LM model of the demo's 20 tasks on
+    --model's backbone (anything else would train stage 2 on other tasks or another LM)."""
+    folder = require_model_dir(name, "--stage1")
+    cfg = CTRConfig.from_dict(read_json(folder / CONFIG_FILE))
+    if sorted(cfg.task_names) != sorted(MIXTURE):
+        raise ValueError(f"--stage1 {name}: trained on {len(cfg.task_names)} tasks that are not the "
+                         f"demo's {len(MIXTURE)} (ctr.demo.MIXTURE); release a stage 1 of those tasks")
+    if cfg.backbone != model:
+        raise ValueError(f"--stage1 {name}: its backbone is {cfg.backbone!r}, the demo's --model is "
+                         f"{model!r}: pass --model {cfg.backbone}")
+    if not cfg.use_codes:
+        raise ValueError(f"--stage1 {name}: a model without codes is no stage-1 codebook")
+    return Released(folder, cfg)
 
 
 def by_type(ranked: list[dict[str, Any]], types: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -100,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the cpu-demo preset's)")
     ap.add_argument("--stage2-steps", type=int, default=None,
                     help="steps of stage 2 and of the baseline (default: the cpu-demo preset's)")
+    ap.add_argument("--stage1", default=None, metavar="NAME",
+                    help="a released codebook (or stage-1 run) of the demo's 20 tasks to start from "
+                         "instead of training stage 1, e.g. smollm2-near20-s1")
     ap.add_argument("--examples", type=int, default=EXAMPLES, help="SST-2 examples scored")
     ap.add_argument("--limit-examples", type=int, default=None,
                     help="training examples kept per task (quick checks)")
@@ -109,13 +139,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] data: {data_dir()}")
     t0 = time.time()
     types = task_types(MIXTURE)
-    common = dict(model=args.model, preset="cpu-demo", tasks=MIXTURE, mixing="balanced",
+    released = released_stage1(args.stage1, args.model) if args.stage1 else None
+    common = dict(model=args.model, preset="cpu-demo", mixing="balanced",
+                  tasks=released.config.task_names if released else MIXTURE,  # stage 2 keeps its order
                   max_source_len=64, max_target_len=8, save_every=1000,
                   limit_examples=args.limit_examples)
 
-    # 1. stage 1: the codebook and code decoder learn, the LM is frozen
-    s1 = out / "stage1"
-    train(TrainConfig(output_dir=str(s1), stage=1, steps=args.steps, **common))
+    # 1. stage 1: the codebook and code decoder learn, the LM is frozen (or a released one)
+    if released:
+        s1 = released.folder
+        print(f"[demo] stage 1: the released codebook {args.stage1} ({s1}), not trained here")
+    else:
+        s1 = out / "stage1"
+        train(TrainConfig(output_dir=str(s1), stage=1, steps=args.steps, **common))
     print_stage1(s1, types)
     # 2. stage 2 from the codebook, and the baseline: the same LM training without codes
     s2, mt = out / "stage2", out / "multitask"

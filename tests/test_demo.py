@@ -11,14 +11,16 @@ from ctr import demo
 from ctr.tasks.mixture import data_dir
 
 
-def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys):
+SMALL = ["--stage2-steps", "2", "--examples", "4", "--limit-examples", "8"]
+
+
+def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys, monkeypatch):
     try:
         data_dir()
     except FileNotFoundError as e:
         pytest.skip(f"data not available: {e}")
     out = tmp_path / "demo"
-    demo.main(["--model", str(tiny_paths["llama"]), "--steps", "2", "--stage2-steps", "2",
-               "--examples", "4", "--limit-examples", "8", "--output-dir", str(out)])
+    demo.main(["--model", str(tiny_paths["llama"]), "--steps", "2", *SMALL, "--output-dir", str(out)])
     table = (out / "demo_table.md").read_text()
     for row in ("backbone zero-shot", "multi-task prompted baseline", "CTR stage 1", "CTR stage 2",
                 "| sentiment | amazon_polarity_", "| topic_classification | ag_news_",
@@ -37,3 +39,46 @@ def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys):
     selection = json.loads((out / "zero_label_s2" / "zero_label.json").read_text())
     assert selection["tasks"][demo.HELD_OUT]["selection_source"] != "validation"  # not the scored split
     assert "[demo] done" in capsys.readouterr().out
+
+    # --stage1 NAME: the same from a released codebook, without training stage 1. The release's
+    # task order differs from MIXTURE (as the committed smollm2-near20-s1's does): stage 2 keeps it.
+    from ctr.interop.release import release
+    rel = release(out / "stage1", "tiny-near20", dest=tmp_path / "releases")
+    cfg = json.loads((rel / "ctr_config.json").read_text())
+    cfg["task_names"] = cfg["task_names"][::-1]
+    (rel / "ctr_config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("CTR_CHECKPOINTS", str(tmp_path / "releases"))
+    out2 = tmp_path / "demo_released"
+    demo.main(["--model", str(tiny_paths["llama"]), "--stage1", "tiny-near20", *SMALL, "--output-dir", str(out2)])
+    printed = capsys.readouterr().out
+    assert "[demo] stage 1: the released codebook tiny-near20" in printed and "[demo] done" in printed
+    assert not (out2 / "stage1").exists()  # nothing trained for stage 1
+    s2 = json.loads((out2 / "stage2" / "final" / "ctr_config.json").read_text())
+    assert s2["task_names"] == cfg["task_names"]
+    assert json.loads((out2 / "stage2" / "train_config.json").read_text())["init_from"] == str(rel)
+    assert json.loads((out2 / "zero_label_s1" / "zero_label.json").read_text())["config"]["checkpoint"] == str(rel)
+    assert len([r for r in (out2 / "demo_table.md").read_text().splitlines() if r.startswith("| ") and "[" in r]) == 6
+
+
+def test_stage1_must_be_a_codebook_of_the_demo_tasks_on_its_backbone(tiny_paths, tmp_path):
+    from ctr.core.model import CTRModel
+    from ctr.config import CTRConfig
+    from ctr.core.backbone import load_backbone
+    backbone, tok = load_backbone(str(tiny_paths["llama"]))
+
+    def saved(name, tasks, use_codes=True):
+        cfg = CTRConfig(code_length=4, codebook_size=8, task_names=tasks, use_codes=use_codes,
+                        backbone=str(tiny_paths["llama"]))
+        CTRModel(backbone, cfg, tok).save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+    model = str(tiny_paths["llama"])
+    with pytest.raises(ValueError, match=r"--stage1 .*other: trained on 3 tasks that are not the demo's 20"):
+        demo.released_stage1(saved("other", ["a", "b", "c"]), model)
+    good = saved("good", list(demo.MIXTURE))
+    with pytest.raises(ValueError, match=r"its backbone is .* pass --model"):
+        demo.released_stage1(good, "smollm2")
+    with pytest.raises(ValueError, match="no stage-1 codebook"):
+        demo.released_stage1(saved("nocodes", list(demo.MIXTURE), use_codes=False), model)
+    with pytest.raises(FileNotFoundError, match="--stage1 nowhere"):
+        demo.released_stage1("nowhere", model)
+    assert demo.released_stage1(good, model).config.task_names == list(demo.MIXTURE)
