@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit-examples", type=int, default=None,
                     help="training examples kept per task (quick checks)")
     args = ap.parse_args(argv)
+    if args.stage1 and args.steps is not None:
+        ap.error("--steps sets the stage-1 training that --stage1 replaces: pass one of them")
     out = Path(args.output_dir)
     shutil.rmtree(out, ignore_errors=True)  # a demo always starts fresh
     print(f"[demo] data: {data_dir()}")

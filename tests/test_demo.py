@@ -60,7 +60,7 @@ def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys, monkeypatch):
     assert len([r for r in (out2 / "demo_table.md").read_text().splitlines() if r.startswith("| ") and "[" in r]) == 6
 
 
-def test_stage1_must_be_a_codebook_of_the_demo_tasks_on_its_backbone(tiny_paths, tmp_path):
+def test_stage1_must_be_a_codebook_of_the_demo_tasks_on_its_backbone(tiny_paths, tmp_path, capsys):
     from ctr.core.model import CTRModel
     from ctr.config import CTRConfig
     from ctr.core.backbone import load_backbone
@@ -79,6 +79,9 @@ def test_stage1_must_be_a_codebook_of_the_demo_tasks_on_its_backbone(tiny_paths,
         demo.released_stage1(good, "smollm2")
     with pytest.raises(ValueError, match="no stage-1 codebook"):
         demo.released_stage1(saved("nocodes", list(demo.MIXTURE), use_codes=False), model)
+    with pytest.raises(SystemExit):
+        demo.main(["--stage1", good, "--steps", "3"])
+    assert "--steps sets the stage-1 training that --stage1 replaces" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--stage1 nowhere"):
         demo.released_stage1("nowhere", model)
     assert demo.released_stage1(good, model).config.task_names == list(demo.MIXTURE)

@@ -231,7 +231,8 @@ def guided_bench(args, model: CTRModel, shots, starts: list[list[int]]) -> None:
     emit(result, args.out)
     for r in by_top[1:] + by_top[:1]:  # the headline last
         tag = "" if r is head else f"top={r['top']} "
-        print(f"{tag}eval_ratio={r['eval_ratio']:.2f} time_ratio={r['time_ratio']:.2f} objective_ratio={r['objective_ratio']:.4f}")
+        print(f"{tag}eval_ratio={r['eval_ratio']:.2f} time_ratio={r['time_ratio']:.2f} "
+              f"objective_ratio={r['objective_ratio']:.4f}")
 
 
 if __name__ == "__main__":
