@@ -296,13 +296,26 @@ def pairing(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "unpaired examples (no example scored by both at the same seed)"
 
 
+def on_common_seeds(runs: Path, pair: str, task: str, cols: tuple[str, str], cells: dict[str, Any],
+                    args) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The two cells of a difference over the seeds both scored (a run still missing at one
+    seed would otherwise compare a one-seed mean with a two-seed mean); None: no common seed."""
+    a, b = (cells[c] for c in cols)
+    common = [s for s in a["seeds"] if b["shared"] or s in b["seeds"]]
+    if not common:
+        return None
+    if common == a["seeds"] and (b["shared"] or common == b["seeds"]):
+        return a, b
+    return build_cell(runs, common, pair, task, cols[0], args), build_cell(runs, common, pair, task, cols[1], args)
+
+
 def difference(a: dict[str, Any], b: dict[str, Any], args) -> dict[str, Any]:
     """a - b over examples (replicates of both cells, paired where `pairing` says so) and paired
-    over (seed, template)."""
+    over (seed, template); both cells hold the same seeds (`on_common_seeds`)."""
     reps = a["_reps"] - b["_reps"]
     lo, hi = interval(reps)
     out = {"diff": a["value"] - b["value"], "ci_low": lo, "ci_high": hi, "verdict": verdict(lo, hi),
-           "bootstrap": pairing(a, b), "_reps": reps}
+           "bootstrap": pairing(a, b), "seeds": a["seeds"], "_reps": reps}
     b_by_seed = {p["seed"]: p["counts"] for p in b["per_seed"]}
     xa, xb = [], []
     for p in a["per_seed"]:
@@ -434,8 +447,8 @@ def compile_evidence(runs: Path, args) -> dict[str, Any]:
         mix = next((t["tasks"] for t in train if t["pair"] == pair and t["run"] == "s1"), [])
         row = {"pair": pair, "task": task, "held_in": held_in(task, mix),
                "training_tasks": len(mix), "cells": cells,
-               "diffs": {zl: difference(cells[zl], cells["mt"], args)
-                         for zl in ("zl_s1", "zl_s2") if cells[zl] and cells["mt"]},
+               "diffs": {zl: difference(*both, args) for zl in ("zl_s1", "zl_s2") if cells[zl] and cells["mt"]
+                         and (both := on_common_seeds(runs, pair, task, (zl, "mt"), cells, args))},
                "agreement": {zl: agreement(runs, seeds, pair, task, zl) for zl in ("zl_s1", "zl_s2")},
                "few_shot": few_shot_info(runs, seeds, pair, task)}
         rows.append(row)
@@ -516,8 +529,9 @@ def markdown(ev: dict[str, Any]) -> str:
     for r in ev["rows"]:
         for zl, d in r["diffs"].items():
             p = d.get("paired_templates")
+            only = "" if len(d["seeds"]) == n_seeds else f" (seed {', '.join(map(str, d['seeds']))} only)"
             lines.append(f"| {r['pair']} | {r['task']}{' (held-in)' if r['held_in'] else ''} | "
-                         f"{zl[-2:]} | {fmt_diff(d)} | {d['verdict']} | {d['bootstrap']} | {fmt_diff(p)} | "
+                         f"{zl[-2:]}{only} | {fmt_diff(d)} | {d['verdict']} | {d['bootstrap']} | {fmt_diff(p)} | "
                          f"{p['verdict'] if p else '-'} |")
     for zl, p in ev["pooled_zero_label_minus_baseline"].items():
         lines.append(f"| **pooled** | mean over {p['tasks']} held-out tasks | {zl[-2:]} | {fmt_diff(p)} | "

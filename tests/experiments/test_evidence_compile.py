@@ -411,3 +411,22 @@ def test_inconsistent_per_example_outcomes_name_the_file(tmp_path):
     write(f, res)
     cell = row(ce.compile_evidence(runs, args()), "main", "glue_sst2")["cells"]["mt"]
     assert cell["bootstrap"] == f"mixed: seed 0 {ce.EXAMPLES}; seed 1 {ce.BINOMIAL}"
+
+
+def test_a_difference_compares_the_seeds_both_columns_scored(tmp_path):
+    """A column still missing at one seed: its difference to the baseline is taken over the
+    seed both have, not a one-seed mean minus a two-seed mean, and the table says so."""
+    data = standard_data()
+    del data[(1, "main", "glue_sst2", "zl_s2")]
+    runs = fabricate(tmp_path / "runs", data)
+    ev = ce.compile_evidence(runs, args())
+    r = row(ev, "main", "glue_sst2")
+    assert r["cells"]["zl_s2"]["seeds"] == [0] and r["cells"]["mt"]["seeds"] == [0, 1]
+    seed0 = {c: statistics.median(100 * k / N["glue_sst2"] for k in data[(0, "main", "glue_sst2", c)])
+             for c in ("zl_s2", "mt")}
+    d = r["diffs"]["zl_s2"]
+    assert d["seeds"] == [0] and d["diff"] == pytest.approx(seed0["zl_s2"] - seed0["mt"])
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    assert r["diffs"]["zl_s1"]["seeds"] == [0, 1]  # complete columns: both seeds
+    md = ce.markdown(ev)
+    assert sum("(seed 0 only)" in x for x in md.splitlines()) == 1
