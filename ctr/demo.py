@@ -29,9 +29,9 @@ from typing import Any
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
 from ctr.analysis.stats import paired_effect
 from ctr.config import CTRConfig, TrainConfig
-from ctr.core.model import CONFIG_FILE
+from ctr.core.model import read_config
 from ctr.core.loading import load_model, require_model_dir
-from ctr.fileio import read_json, write_json
+from ctr.fileio import write_json
 from ctr.inference.evaluate import EvalConfig, evaluate
 from ctr.provenance import provenance
 from ctr.tasks.mixture import data_dir, read_manifest
@@ -79,7 +79,7 @@ def released_stage1(name: str, model: str) -> Released:
     """The stage-1 codebook --stage1 names: a frozen-LM model of the demo's 20 tasks on
     --model's backbone (anything else would train stage 2 on other tasks or another LM)."""
     folder = require_model_dir(name, "--stage1")
-    cfg = CTRConfig.from_dict(read_json(folder / CONFIG_FILE))
+    cfg = read_config(folder)
     if sorted(cfg.task_names) != sorted(MIXTURE):
         raise ValueError(f"--stage1 {name}: trained on {len(cfg.task_names)} tasks that are not the "
                          f"demo's {len(MIXTURE)} (ctr.demo.MIXTURE); release a stage 1 of those tasks")
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("backbone zero-shot", "-", backbone), ("multi-task prompted baseline (no codes)", "-", baseline)]
     for stage, name in (("s1", "CTR stage 1 (LM frozen), zero-label"), ("s2", "CTR stage 2, zero-label")):
         sel = zl[stage]["selection"][HELD_OUT]
-        rows.append((name, f"{sel['from_tasks'][0]}", zl[stage]["results"]["tasks"][HELD_OUT]))
+        rows.append((name, sel["from_tasks"][0], zl[stage]["results"]["tasks"][HELD_OUT]))
 
     # 4. what the codes did: the stage-2 model under the best code of each task type
     ranked = {stage: zl[stage]["selection"][HELD_OUT]["ranked"] for stage in zl}

@@ -29,6 +29,11 @@ CODE_TABLE_FILE = "code_table.json"
 BACKBONE_DIR = "backbone"
 
 
+def read_config(folder: str | Path) -> CTRConfig:
+    """The CTRConfig of a saved CTR model folder (its ctr_config.json)."""
+    return CTRConfig.from_dict(read_json(Path(folder) / CONFIG_FILE))
+
+
 @dataclass
 class CTROutput:
     loss: torch.Tensor  # lm_loss + vq_weight * vq_loss
@@ -346,7 +351,7 @@ class CTRModel(nn.Module):
         path = Path(path)
         if not (path / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{path}: not a CTR checkpoint (no {CONFIG_FILE})")
-        config = CTRConfig.from_dict(read_json(path / CONFIG_FILE))
+        config = read_config(path)
         if backbone is None:
             source = str(path / BACKBONE_DIR) if config.backbone_trained else config.backbone
             if not source:

@@ -39,9 +39,9 @@ from ctr.config import CTRConfig
 from ctr.core.backbone import resolve_model_path
 from ctr.core.codes import code_for_task, parse_code, read_checked_codes, validate_code
 from ctr.core.loading import load_code_table, require_model_dir
-from ctr.core.model import BACKBONE_DIR, CONFIG_FILE, CTRModel
+from ctr.core.model import BACKBONE_DIR, CONFIG_FILE, CTRModel, read_config
 from ctr.core.prompt_format import PromptEncoder
-from ctr.fileio import atomic_dir, read_json, write_json
+from ctr.fileio import atomic_dir, write_json
 from ctr.interop.export_config import ExportConfig, ExportFormat
 from ctr.interop.families import family_of
 
@@ -170,7 +170,7 @@ def run_export(cfg: ExportConfig) -> Path:
         raise ValueError("name the checkpoint: ctr export CHECKPOINT ... (a run folder, final/ or "
                          "a model folder)")
     folder = require_model_dir(cfg.checkpoint, "CHECKPOINT")
-    config = CTRConfig.from_dict(read_json(folder / CONFIG_FILE))
+    config = read_config(folder)
     if not config.use_codes:
         raise ValueError(f"CHECKPOINT {cfg.checkpoint} was trained without codes (use_codes=false): "
                          f"there is no code to export; its backbone in {folder / BACKBONE_DIR} "
