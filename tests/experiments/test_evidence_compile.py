@@ -86,7 +86,7 @@ def fabricate(runs: Path, data: dict, agreements: dict | None = None, mode: str 
             write(where / "results.json", results_json("eval", task, ks))
         elif col == "mt":
             write(runs / f"seed{seed}/{pair}/{task}/mt/results.json", results_json("eval", task, ks))
-        elif col in ("zl_s1", "zl_s2"):
+        elif col in ("zl_s1", "zl_free", "zl_s2"):
             d = runs / f"seed{seed}/{pair}/{task}/{col}"
             res = results_json("zero_label_results", task, ks)
             sel = read("zero_label")
@@ -170,8 +170,8 @@ def test_cells_and_differences_follow_the_inputs(tmp_path):
         ("main", "ag_news"), ("main", "glue_sst2"), ("main", "trec"), ("lodo", "ag_news")]
     for r in ev["rows"]:
         for col, cell in r["cells"].items():
-            if r["pair"] == "lodo" and col == "zl_s2":
-                assert cell is None  # no stage 2 in the leave-one-out pair
+            if (r["pair"] == "lodo" and col == "zl_s2") or col == "zl_free":
+                assert cell is None  # no stage 2 in the leave-one-out pair; no free prompts here
                 continue
             want = expected_value(data, r["pair"], r["task"], col)
             assert cell["value"] == pytest.approx(want, abs=1e-9), (r["pair"], r["task"], col)
@@ -430,3 +430,29 @@ def test_a_difference_compares_the_seeds_both_columns_scored(tmp_path):
     assert r["diffs"]["zl_s1"]["seeds"] == [0, 1]  # complete columns: both seeds
     md = ce.markdown(ev)
     assert sum("(seed 0 only)" in x for x in md.splitlines()) == 1
+
+
+def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
+    data = standard_data()
+    for s in (0, 1):  # free prompts: 520 + 7s per template (s1: 470 + 7s, backbone 430)
+        data[(s, "main", "glue_sst2", "zl_free")] = spread(520 + 7 * s)
+    runs = fabricate(tmp_path / "runs", data)
+    for s in (0, 1):  # the wrapped prompts sit beside the training runs, not a task row
+        (runs / f"seed{s}/main/free_s1").mkdir()
+    ev = ce.compile_evidence(runs, args())
+    assert [(r["pair"], r["task"]) for r in ev["rows"]] == [
+        ("main", "ag_news"), ("main", "glue_sst2"), ("main", "trec"), ("lodo", "ag_news")]
+    sst = row(ev, "main", "glue_sst2")
+    cells = sst["cells"]
+    assert cells["zl_free"]["value"] == pytest.approx(expected_value(data, "main", "glue_sst2", "zl_free"))
+    up, gap = sst["ceiling"]["free_minus_backbone"], sst["ceiling"]["s1_minus_free"]
+    assert up["diff"] == pytest.approx(cells["zl_free"]["value"] - cells["backbone"]["value"])
+    assert gap["diff"] == pytest.approx(cells["zl_s1"]["value"] - cells["zl_free"]["value"])
+    assert up["verdict"] == "above the backbone (interval above 0)"
+    assert gap["verdict"] == "below the free-prompt ceiling, zero-label (interval below 0)"
+    assert row(ev, "main", "trec")["ceiling"] == {}  # no free-prompt run there
+    assert sst["agreement"]["zl_free"]["mean_agreement"] == pytest.approx(0.8)
+    md = ce.markdown(ev)
+    line = next(x for x in md.splitlines() if "CTR stage-1 zero-label - free-prompt ceiling" in x)
+    assert f"{gap['diff']:+.1f} [{gap['ci_low']:+.1f}, {gap['ci_high']:+.1f}]" in line
+    assert "| main | glue_sst2 | free prompts | 0.800 |" in md
