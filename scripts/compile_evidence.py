@@ -69,7 +69,7 @@ COLUMNS = [  # key, title
     ("prompt_tuning", "prompt tuning"),
 ]
 FEW_SHOT_RUNS = ("bitwise", "discrete", "prompt_tuning")
-TRAIN_DIRS = ("s1", "s2", "mt", "free_s1")  # free_s1: the free prompts wrapped as a CTR folder
+TRAIN_DIRS = ("s1", "s2", "mt", "free", "free_s1")  # free: free prompts; free_s1: them as a CTR folder
 PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
 ZERO_LABEL = {"zl_s1": "s1", "zl_s2": "s2", "zl_free": "free prompts"}  # column: short name
 CEILING = {"free_minus_backbone": ("zl_free", "backbone"), "s1_minus_free": ("zl_s1", "zl_free")}

@@ -4,6 +4,7 @@
 # every column at the same training budget:
 #   backbone | multi-task prompted baseline (--stage 2 --no-codes) | CTR stage-1 zero-label |
 #   CTR stage-2 zero-label | CTR few-shot (Bitwise, 32 shots, 25% held out) | discrete only | prompt tuning
+# and, for the main mixture, the ceiling of stage 1: free per-task prompts scored by the same zero-label.
 # Held-out tasks of the main mixture: glue_sst2 (full validation set, 872) and trec (full test set,
 # 500; its 5 coarse-label templates). Leave-one-dataset-out: a second stage-1 / baseline pair trained
 # without the ag_news_* tasks and scored on AG News (500 seeded test examples, first 5 templates),
@@ -17,7 +18,7 @@
 # (training also resumes from its last checkpoint). Then: python scripts/compile_evidence.py RUNS
 #
 # Environment (optional): SEEDS ("0 1"; e.g. SEEDS=0 and SEEDS=1 in two shells run the seeds in
-# parallel), MODEL (backbone, default smollm2), CTR (the ctr command), FS_FROM (s1: few-shot on the
+# parallel), MODEL (backbone, default smollm2), CTR (the ctr command), PY (python), FS_FROM (s1: few-shot on the
 # stage-1 model, the default; s2: on the stage-2 model), LODO_DROP (prefix of the training tasks the
 # leave-one-out pair drops, default ag_news_; empty: no such pair) and LODO_TASK (what it is scored
 # on, default ag_news), AG_N (AG News examples, default 500), MAIN_TASKS ("glue_sst2 trec").
@@ -29,7 +30,7 @@ R=""
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     -*) echo "unknown option $a (usage: $0 [RUNS] [--quick])" >&2; exit 2 ;;
     *) [ -z "$R" ] || { echo "one RUNS folder only" >&2; exit 2; }; R=$a ;;
   esac
@@ -44,6 +45,7 @@ echo "$MODE" > "$R/MODE"
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 CTR=${CTR:-.venv/bin/ctr}
+PY=${PY:-.venv/bin/python}
 MODEL=${MODEL:-smollm2}
 SEEDS=${SEEDS:-"0 1"}
 FS_FROM=${FS_FROM:-s1}
@@ -68,11 +70,11 @@ TREC_TEMPLATES="pick_the_best_descriptor trec1 trec2 what_category_best_describe
 if [ $QUICK = 1 ]; then
   STEPS=2; BATCH=2; SAVE=1; LIMIT="--limit-examples 8"
   N_FULL="--max-examples 4"; AG_N=4; EVAL_T=2; TREC_TEMPLATES="trec1 trec2"
-  ZL_INPUTS=2; ZL_T=1; SHOTS=4; FS_T=1; SWEEPS=1; PT_STEPS=2
+  ZL_INPUTS=2; ZL_T=1; SHOTS=4; FS_T=1; SWEEPS=1; PT_STEPS=2; PROBE=1
 else
   STEPS=100; BATCH=8; SAVE=50; LIMIT=""
   N_FULL=""; AG_N=${AG_N:-500}; EVAL_T=""
-  ZL_INPUTS=32; ZL_T=5; SHOTS=32; FS_T=1; SWEEPS=2; PT_STEPS=50
+  ZL_INPUTS=32; ZL_T=5; SHOTS=32; FS_T=1; SWEEPS=2; PT_STEPS=50; PROBE=8
 fi
 
 # What each task is scored on: SCOPE (task, examples, named templates; shared by eval and the
@@ -115,6 +117,11 @@ columns() {  # columns SEED PAIR_DIR TASK HAS_S2
   step "seed$s ${P##*/} $t zero-label stage 1" "$D/zl_s1/results.json" \
     $CTR zero-label --checkpoint "$P/s1" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
     --max-templates $ZL_T --output-dir "$D/zl_s1"
+  if [ -d "$P/free_s1" ]; then
+    step "seed$s ${P##*/} $t zero-label free prompts" "$D/zl_free/results.json" \
+      $CTR zero-label --checkpoint "$P/free_s1" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
+      --max-templates $ZL_T --output-dir "$D/zl_free"
+  fi
   if [ "$has_s2" = 1 ]; then
     step "seed$s ${P##*/} $t zero-label stage 2" "$D/zl_s2/results.json" \
       $CTR zero-label --checkpoint "$P/s2" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
@@ -145,6 +152,16 @@ for S in $SEEDS; do
     $CTR train --stage 2 --no-codes $(train_flags "$S" $MIX) --output-dir "$M/mt"
   step "seed$S main stage 2" "$M/s2/final/ctr_config.json" \
     $CTR train --stage 2 --init-from "$M/s1" $(train_flags "$S" $MIX) --output-dir "$M/s2"
+  # 1b. the ceiling of stage 1: one free 10-vector prompt per training task (multi-task prompt tuning
+  #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch; scripts/diagnose_stage1.py),
+  #     wrapped as a CTR folder so that `ctr zero-label` scores it like the codes
+  if [ "$MODEL" = smollm2 ]; then
+    step "seed$S main free prompts" "$M/free/prompts.pt" \
+      $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
+      --probe-batches $PROBE --tasks $MIX --out "$M/free"
+    step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
+      $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
+  fi
   # 2. the held-out tasks of the main mixture
   for T in $MAIN_TASKS; do
     backbone "$S" "$T"
