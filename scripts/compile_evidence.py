@@ -393,8 +393,19 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                             "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
                             "finished": (d / "final").is_dir(),
                             "lm_loss_last10": float(np.mean([m["lm_loss"] for m in last])) if last else None,
+                            **codebook_health(metrics),
                             "train_seconds": float(sum(m.get("step_time", 0) for m in metrics))})
     return out
+
+
+def codebook_health(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The codebook-stability figures of issue 12 from a CTR run's metrics.jsonl: VQ loss at the
+    first and last logged step and the distinct code values in use at the last (None: no codes)."""
+    logged = [m for m in metrics if m.get("vq_loss") is not None and m.get("distinct_values") is not None]
+    if not logged:
+        return {"vq_first": None, "vq_last": None, "values_in_use": None}
+    return {"vq_first": logged[0]["vq_loss"], "vq_last": logged[-1]["vq_loss"],
+            "values_in_use": logged[-1]["distinct_values"]}
 
 
 def held_in(task: str, training_tasks: list[str]) -> bool:
@@ -595,13 +606,16 @@ def markdown(ev: dict[str, Any]) -> str:
             lines.append(f"| {r['pair']} | {r['task']} | {c} | " + " | ".join(vals) + " |")
     lines += ["", "## Training", "",
               "| seed | mixture | run | stage | tasks | steps x batch | lr | LM loss, last 10 steps | "
-              "training time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+              "VQ loss first -> last | code values in use (last step) | training time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in ev["training"]:
         kind = "multi-task baseline" if t["no_codes"] else f"CTR stage {t['stage']}"
         loss = "-" if t["lm_loss_last10"] is None else f"{t['lm_loss_last10']:.3f}"
+        vq = "-" if t["vq_first"] is None else f"{t['vq_first']:.4f} -> {t['vq_last']:.4f}"
         lines.append(f"| {t['seed']} | {t['pair']} | {t['run']} ({kind}) | {t['stage']} | {len(t['tasks'])} | "
                      f"{t['steps']} x {t['batch_size']}{'' if t['finished'] else ' (unfinished)'} | "
-                     f"{t['lr']} | {loss} | {t['train_seconds']:.0f} |")
+                     f"{t['lr']} | {loss} | {vq} | {t['values_in_use'] if t['values_in_use'] is not None else '-'} | "
+                     f"{t['train_seconds']:.0f} |")
     if ev["timings"]:
         lines += ["", f"Wall time of the steps run ({len(ev['timings'])} logged in `timings.tsv`): "
                   f"{ev['total_step_seconds'] / 3600:.2f} h."]

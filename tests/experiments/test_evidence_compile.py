@@ -456,3 +456,18 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     line = next(x for x in md.splitlines() if "CTR stage-1 zero-label - free-prompt ceiling" in x)
     assert f"{gap['diff']:+.1f} [{gap['ci_low']:+.1f}, {gap['ci_high']:+.1f}]" in line
     assert "| main | glue_sst2 | free prompts | 0.800 |" in md
+
+
+def test_training_rows_carry_the_codebook_health(tmp_path):
+    runs = fabricate(tmp_path / "runs", standard_data())
+    logged = [json.loads(x) for x in COMMITTED["metrics"].read_text().splitlines()[-12:]]
+    (runs / "seed0/main/mt/metrics.jsonl").write_text(  # a run without codes logs no code values
+        "\n".join(json.dumps({k: v for k, v in m.items() if k != "distinct_values"}) for m in logged) + "\n")
+    ev = ce.compile_evidence(runs, args())
+    s1 = next(t for t in ev["training"] if (t["seed"], t["pair"], t["run"]) == (0, "main", "s1"))
+    assert (s1["vq_first"], s1["vq_last"], s1["values_in_use"]) == (
+        logged[0]["vq_loss"], logged[-1]["vq_loss"], logged[-1]["distinct_values"])
+    mt = next(t for t in ev["training"] if (t["seed"], t["pair"], t["run"]) == (0, "main", "mt"))
+    assert mt["vq_first"] is None and mt["values_in_use"] is None
+    md = ce.markdown(ev)
+    assert f"| {logged[0]['vq_loss']:.4f} -> {logged[-1]['vq_loss']:.4f} | {logged[-1]['distinct_values']} |" in md
