@@ -1,1 +1,1 @@
-"""Experiments: the synthetic compositional suite."""
+"""Experiments: the synthetic compositional suite (synth*) and the evidence table of issue 12 (evidence*)."""

@@ -1,4 +1,4 @@
-"""scripts/compile_evidence.py on small fabricated run folders.
+"""The evidence table (ctr.experiments.evidence*, scripts/compile_evidence.py) on small fabricated run folders.
 
 The fabricated files are committed results JSON of the real commands (`ctr eval`, `ctr
 zero-label`, `ctr few-shot`, `ctr train`) with only their numbers replaced, laid out as
@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 
 from ctr.analysis.stats import bootstrap_ci, paired_effect
+from ctr.experiments import evidence as ce
+from ctr.experiments import evidence_bootstrap as eb
+from ctr.experiments import evidence_report as report
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = {  # real outputs of the commands, used as the shape of the fabricated ones
@@ -32,8 +35,8 @@ pytestmark = pytest.mark.skipif(not all(p.exists() for p in COMMITTED.values()),
                                 reason="committed results JSON (the shapes) missing")
 
 spec = importlib.util.spec_from_file_location("compile_evidence", ROOT / "scripts/compile_evidence.py")
-ce = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ce)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
 
 MIX = ["ag_news_classify", "ag_news_recommend", "amazon_polarity_Is_this_review", "glue_qqp_answer"]
 LODO_MIX = [t for t in MIX if not t.startswith("ag_news_")]
@@ -209,7 +212,7 @@ def test_markdown_and_json_carry_the_computed_numbers(tmp_path):
     data = standard_data()
     runs = fabricate(tmp_path / "runs", data)
     out = tmp_path / "out"
-    ev = ce.main([str(runs), "--out", str(out), "--n-boot", "300"])
+    ev = script.main([str(runs), "--out", str(out), "--n-boot", "300"])
     md = (out / "evidence.md").read_text()
     js = json.loads((out / "evidence.json").read_text())
     for r in ev["rows"]:
@@ -226,7 +229,7 @@ def test_markdown_and_json_carry_the_computed_numbers(tmp_path):
     assert js["total_step_seconds"] == 1800
     assert "(unfinished)" not in md  # every fabricated run has final/; one without is marked
     shutil.rmtree(runs / "seed1" / "main" / "mt" / "final")
-    md = ce.markdown(ce.compile_evidence(runs, args()))
+    md = report.markdown(ce.compile_evidence(runs, args()))
     assert sum("(unfinished)" in x for x in md.splitlines()) == 1
     assert next(x for x in md.splitlines() if "(unfinished)" in x).startswith("| 1 | main | mt ")
     # a changed input changes the table: nothing is hard-coded
@@ -256,21 +259,21 @@ def test_a_cell_interval_is_the_bootstrap_of_the_stored_counts():
     k, n = 523, 872
     x = np.r_[np.ones(k), np.zeros(n - k)]  # the 0/1 vector the stored accuracy stands for
     _, lo, hi = bootstrap_ci(100 * x, n_boot=4000, seed=1)
-    reps = ce.cell_replicates([{"t": (k, n)}], 4000, 2, "comonotone")
-    lo2, hi2 = ce.interval(reps)
+    reps = eb.cell_replicates([{"t": (k, n)}], 4000, 2, "comonotone")
+    lo2, hi2 = eb.interval(reps)
     assert lo2 == pytest.approx(lo, abs=0.5) and hi2 == pytest.approx(hi, abs=0.5)
     se = 100 * (k / n * (1 - k / n) / n) ** 0.5  # the binomial standard error, for scale
     assert (hi2 - lo2) == pytest.approx(2 * 1.96 * se, rel=0.1)
     # more examples, narrower; two seeds average out, so narrower too
-    small = ce.interval(ce.cell_replicates([{"t": (60, 100)}], 2000, 3, "comonotone"))
+    small = eb.interval(eb.cell_replicates([{"t": (60, 100)}], 2000, 3, "comonotone"))
     assert small[1] - small[0] > 2 * (hi2 - lo2)
-    two = ce.interval(ce.cell_replicates([{"t": (k, n)}, {"t": (k, n)}], 4000, 4, "comonotone"))
+    two = eb.interval(eb.cell_replicates([{"t": (k, n)}, {"t": (k, n)}], 4000, 4, "comonotone"))
     assert two[1] - two[0] < hi2 - lo2
     # five identical templates: under the comonotone coupling they move together (one
     # template's interval); drawn independently their median varies less
     five = {f"t{i}": (k, n) for i in range(5)}
-    como = ce.interval(ce.cell_replicates([five], 4000, 5, "comonotone"))
-    indep = ce.interval(ce.cell_replicates([five], 4000, 5, "independent"))
+    como = eb.interval(eb.cell_replicates([five], 4000, 5, "comonotone"))
+    indep = eb.interval(eb.cell_replicates([five], 4000, 5, "independent"))
     assert como[1] - como[0] == pytest.approx(hi2 - lo2, rel=0.1)
     assert indep[1] - indep[0] < 0.8 * (como[1] - como[0])
 
@@ -279,7 +282,7 @@ def test_inconsistent_or_missing_inputs(tmp_path):
     rec = task_record("glue_sst2", spread(430))
     rec["templates"]["said"]["accuracy"] = 50.123  # no k of 872 gives this
     with pytest.raises(ValueError, match="not k/n"):
-        ce.template_counts(rec, "x")
+        eb.template_counts(rec, "x")
     with pytest.raises(SystemExit, match="no seedN"):
         ce.compile_evidence(tmp_path, args())
     # a column run for one seed only is reported as such, not averaged with nothing
@@ -290,7 +293,7 @@ def test_inconsistent_or_missing_inputs(tmp_path):
     cell = row(ev, "main", "glue_sst2")["cells"]["zl_s1"]
     assert cell["seeds"] == [0] and cell["value"] == pytest.approx(expected_value(
         {k: v for k, v in data.items() if k[0] == 0}, "main", "glue_sst2", "zl_s1"))
-    md = ce.markdown(ev)
+    md = report.markdown(ev)
     assert "QUICK" in md and "(1 of 2 seeds)" in md
 
 
@@ -351,10 +354,10 @@ def test_per_example_outcomes_pair_the_difference_over_examples(tmp_path):
     d, d_old = (row(e, "main", "glue_sst2")["diffs"]["zl_s1"] for e in (ev, old))
     assert d["diff"] == pytest.approx(d_old["diff"]) and d["diff"] == pytest.approx(100 * 12 / 872)
     # unpaired (binomial, columns drawn independently): +1.4 points is inside the noise
-    assert d_old["bootstrap"] == "unpaired: " + ce.BINOMIAL and cells_old["mt"]["bootstrap"] == ce.BINOMIAL
+    assert d_old["bootstrap"] == "unpaired: " + eb.BINOMIAL and cells_old["mt"]["bootstrap"] == eb.BINOMIAL
     assert d_old["ci_low"] < 0 < d_old["ci_high"] and d_old["verdict"].startswith("not resolved")
     # paired: both columns are drawn on the same examples, only the 12 FLIPS differ
-    assert d["bootstrap"] == ce.PAIRED and cells["mt"]["bootstrap"] == cells["zl_s1"]["bootstrap"] == ce.EXAMPLES
+    assert d["bootstrap"] == eb.PAIRED and cells["mt"]["bootstrap"] == cells["zl_s1"]["bootstrap"] == eb.EXAMPLES
     assert 0 < d["ci_low"] <= d["diff"] <= d["ci_high"] and d["verdict"].startswith("above")
     assert width(d) < 0.3 * width(d_old)
     # the difference is made of the cells' own replicates: each cell alone stays a plain bootstrap
@@ -364,10 +367,10 @@ def test_per_example_outcomes_pair_the_difference_over_examples(tmp_path):
         assert cells[col]["value"] == pytest.approx(cells_old[col]["value"])
         assert width(cells[col]) == pytest.approx(width(cells_old[col]), rel=0.25)
     # the reader is told which bootstrap was used; nothing of the outcomes goes to the JSON
-    md, md_old = ce.markdown(ev), ce.markdown(old)
+    md, md_old = report.markdown(ev), report.markdown(old)
     assert "2 of 2 cells resample examples" in md and "binomial" not in md.split("## The paper")[0]
     assert "2 of 2 cells come from results.json that store per template only k correct of n" in md_old
-    assert any(ce.PAIRED in x and "glue_sst2" in x for x in md.splitlines())
+    assert any(eb.PAIRED in x and "glue_sst2" in x for x in md.splitlines())
     assert '"_outcomes":' not in json.dumps(ce.strip(ev))
 
 
@@ -380,9 +383,9 @@ def test_partly_shared_or_missing_outcomes_fall_back(tmp_path):
     # one column without per-example outcomes: the binomial bootstrap for it, an unpaired difference
     ev = ce.compile_evidence(paired_runs(tmp_path / "mixed", per_example=("mt",)), args())
     r = row(ev, "main", "glue_sst2")
-    assert (r["cells"]["mt"]["bootstrap"], r["cells"]["zl_s1"]["bootstrap"]) == (ce.EXAMPLES, ce.BINOMIAL)
-    assert r["diffs"]["zl_s1"]["bootstrap"] == "unpaired: " + ce.BINOMIAL
-    md = ce.markdown(ev)
+    assert (r["cells"]["mt"]["bootstrap"], r["cells"]["zl_s1"]["bootstrap"]) == (eb.EXAMPLES, eb.BINOMIAL)
+    assert r["diffs"]["zl_s1"]["bootstrap"] == "unpaired: " + eb.BINOMIAL
+    md = report.markdown(ev)
     assert "1 of 2 cells resample examples" in md and "1 of 2 cells come from" in md
 
 
@@ -410,7 +413,7 @@ def test_inconsistent_per_example_outcomes_name_the_file(tmp_path):
     del res["tasks"]["glue_sst2"]["templates"]["review"]["correct"]
     write(f, res)
     cell = row(ce.compile_evidence(runs, args()), "main", "glue_sst2")["cells"]["mt"]
-    assert cell["bootstrap"] == f"mixed: seed 0 {ce.EXAMPLES}; seed 1 {ce.BINOMIAL}"
+    assert cell["bootstrap"] == f"mixed: seed 0 {eb.EXAMPLES}; seed 1 {eb.BINOMIAL}"
 
 
 def test_a_difference_compares_the_seeds_both_columns_scored(tmp_path):
@@ -428,7 +431,7 @@ def test_a_difference_compares_the_seeds_both_columns_scored(tmp_path):
     assert d["seeds"] == [0] and d["diff"] == pytest.approx(seed0["zl_s2"] - seed0["mt"])
     assert d["ci_low"] <= d["diff"] <= d["ci_high"]
     assert r["diffs"]["zl_s1"]["seeds"] == [0, 1]  # complete columns: both seeds
-    md = ce.markdown(ev)
+    md = report.markdown(ev)
     assert sum("(seed 0 only)" in x for x in md.splitlines()) == 1
 
 
@@ -452,7 +455,7 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     assert gap["verdict"] == "below the free-prompt ceiling, zero-label (interval below 0)"
     assert row(ev, "main", "trec")["ceiling"] == {}  # no free-prompt run there
     assert sst["agreement"]["zl_free"]["mean_agreement"] == pytest.approx(0.8)
-    md = ce.markdown(ev)
+    md = report.markdown(ev)
     line = next(x for x in md.splitlines() if "CTR stage-1 zero-label - free-prompt ceiling" in x)
     assert f"{gap['diff']:+.1f} [{gap['ci_low']:+.1f}, {gap['ci_high']:+.1f}]" in line
     assert "| main | glue_sst2 | free prompts | 0.800 |" in md
@@ -469,5 +472,5 @@ def test_training_rows_carry_the_codebook_health(tmp_path):
         logged[0]["vq_loss"], logged[-1]["vq_loss"], logged[-1]["distinct_values"])
     mt = next(t for t in ev["training"] if (t["seed"], t["pair"], t["run"]) == (0, "main", "mt"))
     assert mt["vq_first"] is None and mt["values_in_use"] is None
-    md = ce.markdown(ev)
+    md = report.markdown(ev)
     assert f"| {logged[0]['vq_loss']:.4f} -> {logged[-1]['vq_loss']:.4f} | {logged[-1]['distinct_values']} |" in md
