@@ -18,8 +18,8 @@
 # (training also resumes from its last checkpoint). Then: python scripts/compile_evidence.py RUNS
 #
 # Environment (optional): SEEDS ("0 1"; e.g. SEEDS=0 and SEEDS=1 in two shells run the seeds in
-# parallel), MODEL (backbone, default smollm2), CTR (the ctr command), PY (python), FS_FROM (s1: few-shot on the
-# stage-1 model, the default; s2: on the stage-2 model), LODO_DROP (prefix of the training tasks the
+# parallel), MODEL (backbone, default smollm2), CTR (the ctr command), PY (python), FS_FROM (s1:
+# few-shot on the stage-1 model, the default; s2: on the stage-2 model), LODO_DROP (prefix of the training tasks the
 # leave-one-out pair drops, default ag_news_; empty: no such pair) and LODO_TASK (what it is scored
 # on, default ag_news), AG_N (AG News examples, default 500), MAIN_TASKS ("glue_sst2 trec").
 set -euo pipefail
@@ -155,13 +155,11 @@ for S in $SEEDS; do
   # 1b. the ceiling of stage 1: one free 10-vector prompt per training task (multi-task prompt tuning
   #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch; scripts/diagnose_stage1.py),
   #     wrapped as a CTR folder so that `ctr zero-label` scores it like the codes
-  if [ "$MODEL" = smollm2 ]; then
-    step "seed$S main free prompts" "$M/free/prompts.pt" \
-      $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
-      --probe-batches $PROBE --tasks $MIX --out "$M/free"
-    step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
-      $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
-  fi
+  step "seed$S main free prompts" "$M/free/prompts.pt" \
+    $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
+    --probe-batches $PROBE --model "$MODEL" --tasks $MIX --out "$M/free"
+  step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
+    $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
   # 2. the held-out tasks of the main mixture
   for T in $MAIN_TASKS; do
     backbone "$S" "$T"
