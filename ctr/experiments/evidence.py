@@ -237,6 +237,8 @@ def few_shot_info(runs: Path, seeds: list[int], pair: str, task: str) -> list[di
 
 
 def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """A row per training run: `ctr train` folders (train_config.json) and the free prompts of the
+    ceiling (scripts/diagnose_stage1.py --mode free: train_summary.json)."""
     out = []
     for s in seeds:
         order = {p: i for i, p in enumerate(PAIR_TITLES)}
@@ -244,18 +246,28 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                                key=lambda p: (order.get(p.name, len(order)), p.name)):
             for name in TRAIN_DIRS:
                 d = pair_dir / name
-                if not (d / "train_config.json").exists():
+                if (d / "train_config.json").exists():
+                    cfg = load(d / "train_config.json")
+                    kind = "multi-task baseline" if cfg.get("no_codes") else f"CTR stage {cfg.get('stage')}"
+                    row = {"model": cfg.get("model"), "stage": cfg.get("stage"), "kind": kind,
+                           "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
+                           "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
+                           "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
+                           "finished": (d / "final").is_dir()}
+                elif (d / "train_summary.json").exists():
+                    a = load(d / "train_summary.json")["args"]
+                    wrapped = pair_dir / "free_s1" / "ctr_config.json"
+                    tasks = a.get("tasks") or (load(wrapped)["task_names"] if wrapped.exists() else [])
+                    row = {"model": a.get("model"), "stage": 1, "kind": "free per-task prompts (ceiling)",
+                           "no_codes": None, "steps": a.get("steps"), "batch_size": a.get("batch"),
+                           "lr": a.get("lr"), "tasks": tasks, "train_seed": a.get("seed"),
+                           "finished": (d / "prompts.pt").exists()}
+                else:
                     continue
-                cfg = load(d / "train_config.json")
                 metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()
                            if x.strip()] if (d / "metrics.jsonl").exists() else []
                 last = metrics[-10:]
-                out.append({"seed": s, "pair": pair_dir.name, "run": name, "model": cfg.get("model"),
-                            "stage": cfg.get("stage"),
-                            "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
-                            "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
-                            "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
-                            "finished": (d / "final").is_dir(),
+                out.append({"seed": s, "pair": pair_dir.name, "run": name, **row,
                             "lm_loss_last10": float(np.mean([m["lm_loss"] for m in last])) if last else None,
                             **codebook_health(metrics),
                             "train_seconds": float(sum(m.get("step_time", 0) for m in metrics))})

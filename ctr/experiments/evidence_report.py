@@ -133,10 +133,9 @@ def markdown(ev: dict[str, Any]) -> str:
               "VQ loss first -> last | code values in use (last step) | training time (s) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in ev["training"]:
-        kind = "multi-task baseline" if t["no_codes"] else f"CTR stage {t['stage']}"
         loss = "-" if t["lm_loss_last10"] is None else f"{t['lm_loss_last10']:.3f}"
         vq = "-" if t["vq_first"] is None else f"{t['vq_first']:.4f} -> {t['vq_last']:.4f}"
-        lines.append(f"| {t['seed']} | {t['pair']} | {t['run']} ({kind}) | {t['stage']} | {len(t['tasks'])} | "
+        lines.append(f"| {t['seed']} | {t['pair']} | {t['run']} ({t['kind']}) | {t['stage']} | {len(t['tasks'])} | "
                      f"{t['steps']} x {t['batch_size']}{'' if t['finished'] else ' (unfinished)'} | "
                      f"{t['lr']} | {loss} | {vq} | {t['values_in_use'] if t['values_in_use'] is not None else '-'} | "
                      f"{t['train_seconds']:.0f} |")

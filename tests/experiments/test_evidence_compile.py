@@ -442,7 +442,21 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     runs = fabricate(tmp_path / "runs", data)
     for s in (0, 1):  # the wrapped prompts sit beside the training runs, not a task row
         (runs / f"seed{s}/main/free_s1").mkdir()
+    free = runs / "seed0/main/free"  # what diagnose_stage1.py --mode free writes
+    write(free / "train_summary.json", {"args": {"mode": "free", "model": "smollm2", "seed": 0, "steps": 100,
+                                                 "batch": 8, "lr": 0.01, "tasks": MIX}})
+    losses = [5.0 - 0.1 * i for i in range(15)]
+    (free / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "lm_loss": x, "vq_loss": 0.0,
+                                                            "step_time": 2.0}) + "\n"
+                                                for i, x in enumerate(losses)))
+    (free / "prompts.pt").write_bytes(b"")
     ev = ce.compile_evidence(runs, args())
+    t = next(t for t in ev["training"] if t["run"] == "free")
+    assert (t["seed"], t["pair"], t["kind"], t["tasks"], t["steps"], t["batch_size"], t["lr"]) == (
+        0, "main", "free per-task prompts (ceiling)", MIX, 100, 8, 0.01)
+    assert t["lm_loss_last10"] == pytest.approx(statistics.mean(losses[-10:]))
+    assert t["train_seconds"] == 30.0 and t["finished"] and t["values_in_use"] is None
+    assert not any(t["run"] == "free_s1" for t in ev["training"])
     assert [(r["pair"], r["task"]) for r in ev["rows"]] == [
         ("main", "ag_news"), ("main", "glue_sst2"), ("main", "trec"), ("lodo", "ag_news")]
     sst = row(ev, "main", "glue_sst2")
