@@ -258,7 +258,7 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                     a = load(d / "train_summary.json")["args"]
                     wrapped = pair_dir / "free_s1" / "ctr_config.json"
                     tasks = a.get("tasks") or (load(wrapped)["task_names"] if wrapped.exists() else [])
-                    row = {"model": a.get("model"), "stage": 1, "kind": "free per-task prompts (ceiling)",
+                    row = {"model": a.get("model"), "stage": 1, "kind": "per-task prompts, the ceiling",
                            "no_codes": None, "steps": a.get("steps"), "batch_size": a.get("batch"),
                            "lr": a.get("lr"), "tasks": tasks, "train_seed": a.get("seed"),
                            "finished": (d / "prompts.pt").exists()}

@@ -453,7 +453,7 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     ev = ce.compile_evidence(runs, args())
     t = next(t for t in ev["training"] if t["run"] == "free")
     assert (t["seed"], t["pair"], t["kind"], t["tasks"], t["steps"], t["batch_size"], t["lr"]) == (
-        0, "main", "free per-task prompts (ceiling)", MIX, 100, 8, 0.01)
+        0, "main", "per-task prompts, the ceiling", MIX, 100, 8, 0.01)
     assert t["lm_loss_last10"] == pytest.approx(statistics.mean(losses[-10:]))
     assert t["train_seconds"] == 30.0 and t["finished"] and t["values_in_use"] is None
     assert not any(t["run"] == "free_s1" for t in ev["training"])
