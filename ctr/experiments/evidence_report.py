@@ -55,7 +55,7 @@ def markdown(ev: dict[str, Any]) -> str:
         lines += ["**QUICK run (`--quick`): a pipeline check on a few examples, not evidence.**", ""]
     lines += [f"Seeds {', '.join(map(str, ev['seeds']))}. Each cell: accuracy (%), median over templates per "
               f"seed, mean over seeds, and its bootstrap {LEVEL:.0%} interval over examples ({ev['n_boot']} "
-              f"replicates; see `scripts/compile_evidence.py`). {bootstrap_note(ev)} Built by "
+              f"replicates; see `ctr/experiments/evidence_bootstrap.py`). {bootstrap_note(ev)} Built by "
               f"`bash scripts/evidence_smollm2.sh` and `python scripts/compile_evidence.py {ev['runs']}`.", "",
               "| mixture | task | role | " + " | ".join(dict(COLUMNS)[c] for c in cols) + " |",
               "|---|---|---|" + "---|" * len(cols)]
