@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ctr.core.backbone import load_backbone
 from ctr.config import CTRConfig
+from ctr.core.backbone import load_backbone
 from ctr.core.model import CTRModel
 
 

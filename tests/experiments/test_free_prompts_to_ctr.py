@@ -29,7 +29,7 @@ def test_wrapped_prompts_round_trip(tmp_path):
     assert model.config.task_names == tasks
     table = json.loads((tmp_path / "ctr" / "code_table.json").read_text())
     assert table == {t: list(range(4 * i, 4 * i + 4)) for i, t in enumerate(tasks)}
-    soft, codes, _ = model.soft_prompt(3, torch.arange(3))
+    soft, _, _ = model.soft_prompt(3, torch.arange(3))
     assert torch.allclose(soft, prompts, atol=1e-5)
     # and the wrapped model's task code scores like the free prompt it carries
     x = torch.tensor([[5, 6, 7, 8, 9]])
@@ -38,6 +38,7 @@ def test_wrapped_prompts_round_trip(tmp_path):
         via_code = model(x, torch.ones_like(x), labels=x, task_ids=torch.tensor([t])).loss
         via_prompt = bare(x, torch.ones_like(x), labels=x, prompt=prompts[t:t + 1]).loss
         assert via_code.item() == pytest.approx(via_prompt.item(), abs=1e-5)
+
 
 def test_more_tasks_than_the_embedding_width_is_refused(tmp_path):
     backbone = save_tiny_backbone(tmp_path / "tiny", "llama", hidden=8)
