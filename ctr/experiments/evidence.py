@@ -42,6 +42,7 @@ FEW_SHOT_RUNS = ("bitwise", "discrete", "prompt_tuning")
 TRAIN_DIRS = ("s1", "s2", "mt", "free", "free_s1")  # free: free prompts; free_s1: them as a CTR folder
 PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
 ZERO_LABEL = {"zl_s1": "s1", "zl_s2": "s2", "zl_free": "free prompts"}  # column: short name
+CLAIM = {"zl_s1": ("zl_s1", "mt"), "zl_s2": ("zl_s2", "mt")}  # the paper's claim: CTR zero-label - baseline
 CEILING = {"free_minus_backbone": ("zl_free", "backbone"), "s1_minus_free": ("zl_s1", "zl_free")}
 
 
@@ -201,6 +202,17 @@ def difference(a: dict[str, Any], b: dict[str, Any], args, than: str = "the base
     return out
 
 
+def differences(runs: Path, pair: str, task: str, cells: dict[str, Any], wanted: dict[str, tuple[str, str]],
+                args, than: str | None = None) -> dict[str, Any]:
+    """{name: a - b} for every (a, b) of `wanted` whose two cells exist, over the seeds both scored;
+    the verdict names `than` (default: b's column title)."""
+    out = {}
+    for name, (a, b) in wanted.items():
+        if cells[a] and cells[b] and (both := on_common_seeds(runs, pair, task, (a, b), cells, args)):
+            out[name] = difference(*both, args, than=than or f"the {dict(COLUMNS)[b]}")
+    return out
+
+
 def agreement(runs: Path, seeds: list[int], pair: str, task: str, col: str) -> dict[str, Any] | None:
     """Mean agreement of the candidate (training) codes with their majority vote, from the ranked
     list of zero_label.json, and the code each seed picked."""
@@ -325,16 +337,13 @@ def compile_evidence(runs: Path, args) -> dict[str, Any]:
         mix = next((t["tasks"] for t in train if t["pair"] == pair and t["run"] == "s1"), [])
         row = {"pair": pair, "task": task, "held_in": held_in(task, mix),
                "training_tasks": len(mix), "cells": cells,
-               "diffs": {zl: difference(*both, args) for zl in ("zl_s1", "zl_s2") if cells[zl] and cells["mt"]
-                         and (both := on_common_seeds(runs, pair, task, (zl, "mt"), cells, args))},
-               "ceiling": {name: difference(*both, args, than=f"the {dict(COLUMNS)[b]}")
-                           for name, (a, b) in CEILING.items() if cells[a] and cells[b]
-                           and (both := on_common_seeds(runs, pair, task, (a, b), cells, args))},
+               "diffs": differences(runs, pair, task, cells, CLAIM, args, than="the baseline"),
+               "ceiling": differences(runs, pair, task, cells, CEILING, args),
                "agreement": {zl: agreement(runs, seeds, pair, task, zl) for zl in ZERO_LABEL},
                "few_shot": few_shot_info(runs, seeds, pair, task)}
         rows.append(row)
     pooled = {}
-    for zl in ("zl_s1", "zl_s2"):
+    for zl in CLAIM:
         ds = [r["diffs"][zl] for r in rows if zl in r["diffs"] and not r["held_in"]]
         if ds:
             reps = np.mean([d["_reps"] for d in ds], axis=0)
