@@ -21,7 +21,8 @@
 # parallel), MODEL (backbone, default smollm2), CTR (the ctr command), PY (python), FS_FROM (s1:
 # few-shot on the stage-1 model, the default; s2: on the stage-2 model), LODO_DROP (prefix of the training tasks the
 # leave-one-out pair drops, default ag_news_; empty: no such pair) and LODO_TASK (what it is scored
-# on, default ag_news), AG_N (AG News examples, default 500), MAIN_TASKS ("glue_sst2 trec").
+# on, default ag_news), AG_N (AG News examples, default 500), MAIN_TASKS ("glue_sst2 trec"),
+# PAIRS ("main lodo": which training pairs run; e.g. PAIRS=lodo runs only the leave-one-out pair).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +53,11 @@ FS_FROM=${FS_FROM:-s1}
 LODO_DROP=${LODO_DROP-ag_news_}
 LODO_TASK=${LODO_TASK:-ag_news}
 MAIN_TASKS=${MAIN_TASKS:-"glue_sst2 trec"}
+PAIRS=${PAIRS:-"main lodo"}
+for p in $PAIRS; do
+  case $p in main|lodo) ;; *) echo "PAIRS: unknown pair '$p' (main, lodo)" >&2; exit 2 ;; esac
+done
+has_pair() { [[ " $PAIRS " == *" $1 "* ]]; }
 
 # The 20-task mixture of results/stage1_cpu_recipe/cpu/run.sh (9 amazon_polarity, 7 ag_news, 4 glue_qqp).
 MIX="ag_news_classify ag_news_classify_question_first ag_news_classify_with_choices
@@ -144,29 +150,31 @@ backbone() {  # backbone SEED TASK: per seed on a seeded subsample; on a full se
 
 for S in $SEEDS; do
   M="$R/seed$S/main"
-  # 1. training at one budget: stage 1 (LM frozen), the multi-task baseline (LM trained, no codes)
-  #    and stage 2 from the stage-1 model (everything trained), same tasks / steps / batch
-  step "seed$S main stage 1" "$M/s1/final/ctr_config.json" \
-    $CTR train --stage 1 $(train_flags "$S" $MIX) --output-dir "$M/s1"
-  step "seed$S main multi-task baseline" "$M/mt/final/ctr_config.json" \
-    $CTR train --stage 2 --no-codes $(train_flags "$S" $MIX) --output-dir "$M/mt"
-  step "seed$S main stage 2" "$M/s2/final/ctr_config.json" \
-    $CTR train --stage 2 --init-from "$M/s1" $(train_flags "$S" $MIX) --output-dir "$M/s2"
-  # 1b. the ceiling of stage 1: one free 10-vector prompt per training task (multi-task prompt tuning
-  #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch; scripts/diagnose_stage1.py),
-  #     wrapped as a CTR folder so that `ctr zero-label` scores it like the codes
-  step "seed$S main free prompts" "$M/free/prompts.pt" \
-    $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
-    --probe-batches $PROBE --model "$MODEL" --tasks $MIX --out "$M/free"
-  step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
-    $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
-  # 2. the held-out tasks of the main mixture
-  for T in $MAIN_TASKS; do
-    backbone "$S" "$T"
-    columns "$S" "$M" "$T" 1
-  done
+  if has_pair main; then
+    # 1. training at one budget: stage 1 (LM frozen), the multi-task baseline (LM trained, no codes)
+    #    and stage 2 from the stage-1 model (everything trained), same tasks / steps / batch
+    step "seed$S main stage 1" "$M/s1/final/ctr_config.json" \
+      $CTR train --stage 1 $(train_flags "$S" $MIX) --output-dir "$M/s1"
+    step "seed$S main multi-task baseline" "$M/mt/final/ctr_config.json" \
+      $CTR train --stage 2 --no-codes $(train_flags "$S" $MIX) --output-dir "$M/mt"
+    step "seed$S main stage 2" "$M/s2/final/ctr_config.json" \
+      $CTR train --stage 2 --init-from "$M/s1" $(train_flags "$S" $MIX) --output-dir "$M/s2"
+    # 1b. the ceiling of stage 1: one free 10-vector prompt per training task (multi-task prompt tuning
+    #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch; scripts/diagnose_stage1.py),
+    #     wrapped as a CTR folder so that `ctr zero-label` scores it like the codes
+    step "seed$S main free prompts" "$M/free/prompts.pt" \
+      $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
+      --probe-batches $PROBE --model "$MODEL" --tasks $MIX --out "$M/free"
+    step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
+      $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
+    # 2. the held-out tasks of the main mixture
+    for T in $MAIN_TASKS; do
+      backbone "$S" "$T"
+      columns "$S" "$M" "$T" 1
+    done
+  fi
   # 3. leave-one-dataset-out: a stage-1 / baseline pair without LODO_DROP*, scored on LODO_TASK
-  if [ -n "$LODO_DROP" ]; then
+  if has_pair lodo && [ -n "$LODO_DROP" ]; then
     L="$R/seed$S/lodo"
     step "seed$S lodo stage 1" "$L/s1/final/ctr_config.json" \
       $CTR train --stage 1 $(train_flags "$S" $LODO_MIX) --output-dir "$L/s1"
