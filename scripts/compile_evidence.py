@@ -3,7 +3,12 @@ from the JSON the ctr commands wrote (never from their printed lines) into
 results/evidence/cpu/evidence.md + evidence.json.
 
     python scripts/compile_evidence.py [RUNS] [--out DIR] [--n-boot N] [--boot-seed S]
-                                       [--coupling comonotone|independent]
+                                       [--coupling comonotone|independent] [--archive DIR]
+
+--archive DIR also copies what the table is compiled from (the JSON, JSONL and TSV files of RUNS
+and MODE; no weights, no intermediate checkpoint-N folders: a few MB) to DIR, in RUNS's layout, so
+that `compile_evidence.py DIR` rebuilds the same table after RUNS is gone, and a later run can add
+the columns still missing to a copy of it.
 
 The code lives in ctr.experiments.evidence (cells, differences, agreement),
 ctr.experiments.evidence_bootstrap (the intervals; how they are computed is its docstring) and
@@ -13,12 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from ctr.experiments.evidence import compile_evidence, strip
 from ctr.experiments.evidence_report import markdown
+
+
+ARCHIVED = re.compile(r".*\.(json|jsonl|tsv)$|^MODE$")
+INTERMEDIATE = re.compile(r"^checkpoint-\d+$")
+
+
+def archive(runs: Path, dest: Path) -> int:
+    """Copy the files the table reads (ARCHIVED names outside checkpoint-N folders); returns how many."""
+    n = 0
+    for f in sorted(runs.rglob("*")):
+        rel = f.relative_to(runs)
+        if not f.is_file() or not ARCHIVED.match(f.name) or any(INTERMEDIATE.match(p) for p in rel.parts):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / rel)
+        n += 1
+    return n
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -29,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--boot-seed", type=int, default=0)
     ap.add_argument("--coupling", choices=("comonotone", "independent"), default="comonotone",
                     help="templates of a run without per-example outcomes (the binomial bootstrap)")
+    ap.add_argument("--archive", default=None, metavar="DIR",
+                    help="also copy the files the table is compiled from to DIR (no weights)")
     args = ap.parse_args(argv)
     ev = compile_evidence(Path(args.runs), args)
     out = Path(args.out)
@@ -36,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "evidence.md").write_text(markdown(ev))
     (out / "evidence.json").write_text(json.dumps(strip(ev), indent=1) + "\n")
     print(f"wrote {out / 'evidence.md'} and {out / 'evidence.json'}")
+    if args.archive:
+        runs, dest = Path(args.runs).resolve(), Path(args.archive).resolve()
+        if dest == runs or runs in dest.parents:
+            ap.error(f"--archive {args.archive}: must lie outside RUNS ({args.runs})")
+        print(f"archived {archive(runs, dest)} files of {args.runs} to {dest}")
     return ev
 
 

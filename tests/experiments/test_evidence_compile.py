@@ -488,3 +488,23 @@ def test_training_rows_carry_the_codebook_health(tmp_path):
     assert mt["vq_first"] is None and mt["values_in_use"] is None
     md = report.markdown(ev)
     assert f"| {logged[0]['vq_loss']:.4f} -> {logged[-1]['vq_loss']:.4f} | {logged[-1]['distinct_values']} |" in md
+
+
+def test_the_archive_rebuilds_the_table_without_weights(tmp_path):
+    runs = fabricate(tmp_path / "runs", standard_data())
+    for final in runs.rglob("final"):  # as `ctr train` leaves a run: config and weights, checkpoints
+        (final / "ctr_config.json").write_text("{}")
+        (final / "ctr_weights.safetensors").write_bytes(b"\0" * 64)
+        (final.parent / "checkpoint-50").mkdir()
+        (final.parent / "checkpoint-50" / "trainer_state.json").write_text("{}")
+    ev = script.main([str(runs), "--out", str(tmp_path / "out"), "--n-boot", "300",
+                      "--archive", str(tmp_path / "archive")])
+    kept = {p.relative_to(tmp_path / "archive") for p in (tmp_path / "archive").rglob("*") if p.is_file()}
+    assert not any(p.suffix == ".safetensors" or "checkpoint-50" in p.parts for p in kept)
+    assert Path("MODE") in kept and Path("timings.tsv") in kept
+    assert Path("seed0/main/s1/final/ctr_config.json") in kept  # marks the run finished
+    again = script.main([str(tmp_path / "archive"), "--out", str(tmp_path / "out2"), "--n-boot", "300"])
+    for key in ("rows", "training", "timings", "pooled_zero_label_minus_baseline", "inputs"):
+        assert json.dumps(ce.strip(again[key])) == json.dumps(ce.strip(ev[key])), key
+    with pytest.raises(SystemExit):  # an archive inside RUNS would archive itself next time
+        script.main([str(runs), "--out", str(tmp_path / "out3"), "--archive", str(runs / "archive")])
