@@ -39,6 +39,7 @@ from ctr.train.batching import MixtureSampler, collate, encode_tasks  # noqa: E4
 from ctr.config import CTRConfig, TrainConfig  # noqa: E402
 from ctr.core.model import CTRModel  # noqa: E402
 from ctr.core.codes import code_usage  # noqa: E402
+from ctr.core.prompt_format import PromptEncoder, PromptFormat  # noqa: E402
 from ctr.train.trainer import load_tasks, lr_lambda  # noqa: E402
 
 TASKS = ([f"amazon_polarity_{t}" for t in (
@@ -69,12 +70,8 @@ def setup(args):
 
 
 def batches(cfg, tasks, tok):
-    try:  # the one-prompt-format API (ctr.core.prompt_format), when present
-        from ctr.core.prompt_format import PromptEncoder, PromptFormat
-        encoded = encode_tasks(tasks, PromptEncoder(tok, PromptFormat(), False),
-                               cfg.max_source_len, cfg.max_target_len)
-    except ImportError:
-        encoded = encode_tasks(tasks, tok, cfg.max_source_len, cfg.max_target_len, False)
+    encoded = encode_tasks(tasks, PromptEncoder(tok, PromptFormat(), False), cfg.max_source_len,
+                           cfg.max_target_len)
     sampler = MixtureSampler([len(e) for e in encoded], cfg.mixing, cfg.task_cap, cfg.seed)
 
     def get(step):
@@ -434,7 +431,7 @@ def evaluate_prompts(args):
 
 
 # ---------------------------------------------------------------------------------------
-def main():
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["init-diag", "free", "ctr", "eval"], required=True)
     ap.add_argument("--out", required=True)
@@ -479,7 +476,7 @@ def main():
     ap.add_argument("--eval-examples", type=int, default=200)
     ap.add_argument("--eval-also", nargs="*", default=[], help="also evaluate candidates with these name prefixes")
     ap.add_argument("--eval-name", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.mode == "init-diag":
         init_diag(args)
     elif args.mode == "eval":
