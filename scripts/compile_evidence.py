@@ -7,8 +7,8 @@ results/evidence/cpu/evidence.md + evidence.json.
 
 --archive DIR also copies what the table is compiled from (the JSON, JSONL and TSV files of RUNS
 and MODE; no weights, no intermediate checkpoint-N folders: a few MB) to DIR, in RUNS's layout, so
-that `compile_evidence.py DIR` rebuilds the same table after RUNS is gone, and a later run can add
-the columns still missing to a copy of it.
+that `compile_evidence.py DIR` rebuilds the same table after RUNS is gone. It holds no weights:
+columns still missing need their training runs again, in a run folder of their own.
 
 The code lives in ctr.experiments.evidence (cells, differences, agreement),
 ctr.experiments.evidence_bootstrap (the intervals; how they are computed is its docstring) and
