@@ -44,6 +44,9 @@ PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
 ZERO_LABEL = {"zl_s1": "s1", "zl_s2": "s2", "zl_free": "free prompts"}  # column: short name
 CLAIM = {"zl_s1": ("zl_s1", "mt"), "zl_s2": ("zl_s2", "mt")}  # the paper's claim: CTR zero-label - baseline
 CEILING = {"free_minus_backbone": ("zl_free", "backbone"), "s1_minus_free": ("zl_s1", "zl_free")}
+# what training moved: each trained column minus the bare LM on the same examples
+VS_BACKBONE = {"mt_minus_backbone": ("mt", "backbone"), "s1_minus_backbone": ("zl_s1", "backbone"),
+               "s2_minus_backbone": ("zl_s2", "backbone")}
 
 
 def load(path: Path) -> Any:
@@ -339,6 +342,7 @@ def compile_evidence(runs: Path, args) -> dict[str, Any]:
                "training_tasks": len(mix), "cells": cells,
                "diffs": differences(runs, pair, task, cells, CLAIM, args, than="the baseline"),
                "ceiling": differences(runs, pair, task, cells, CEILING, args),
+               "vs_backbone": differences(runs, pair, task, cells, VS_BACKBONE, args),
                "agreement": {zl: agreement(runs, seeds, pair, task, zl) for zl in ZERO_LABEL},
                "few_shot": few_shot_info(runs, seeds, pair, task)}
         rows.append(row)

@@ -4,8 +4,23 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ctr.experiments.evidence import CEILING, COLUMNS, PAIR_TITLES, ZERO_LABEL
+from ctr.experiments.evidence import CEILING, COLUMNS, PAIR_TITLES, VS_BACKBONE, ZERO_LABEL
 from ctr.experiments.evidence_bootstrap import BINOMIAL, EXAMPLES, LEVEL
+
+
+def diff_section(ev: dict[str, Any], key: str, wanted: dict[str, tuple[str, str]], title: str,
+                 text: str) -> list[str]:
+    """A table of the differences `ev`'s rows hold under `key` (named as in `wanted`); none: no section."""
+    if not any(r[key] for r in ev["rows"]):
+        return []
+    lines = [title, "", text, "", "| mixture | task | difference | points [95% over examples] | verdict | "
+             "[95% over seeds x templates] |", "|---|---|---|---|---|---|"]
+    for r in ev["rows"]:
+        for name, d in r[key].items():
+            a, b = (dict(COLUMNS)[c] for c in wanted[name])
+            lines.append(f"| {r['pair']} | {r['task']} | {a} - {b} | {fmt_diff(d)} | {d['verdict']} | "
+                         f"{fmt_diff(d.get('paired_templates'))} |")
+    return lines + [""]
 
 
 def fmt_cell(c: dict[str, Any] | None, n_seeds: int) -> str:
@@ -82,20 +97,14 @@ def markdown(ev: dict[str, Any]) -> str:
     lines += ["", "The claim (>=) is contradicted where an interval lies below 0 and shown where it lies "
               "above 0; where it includes 0, these data do not decide it.",
               ""]
-    if any(r["ceiling"] for r in ev["rows"]):
-        lines += ["## Stage 1 against its ceiling: free per-task prompts", "",
-                  "A code's prompt cannot do better than a free prompt per training task (multi-task prompt "
-                  "tuning of the frozen LM, same mixture and budget), scored by the same Code Ensemble. The "
-                  "issue's goal for stage 1 is +10 points over the backbone, or, where the ceiling itself "
-                  "transfers less, stage 1 within 2 points of the ceiling.", "",
-                  "| mixture | task | difference | points [95% over examples] | verdict | "
-                  "[95% over seeds x templates] |", "|---|---|---|---|---|---|"]
-        for r in ev["rows"]:
-            for name, d in r["ceiling"].items():
-                a, b = (dict(COLUMNS)[c] for c in CEILING[name])
-                lines.append(f"| {r['pair']} | {r['task']} | {a} - {b} | {fmt_diff(d)} | {d['verdict']} | "
-                             f"{fmt_diff(d.get('paired_templates'))} |")
-        lines.append("")
+    lines += diff_section(ev, "vs_backbone", VS_BACKBONE, "## What training moved: against the backbone", (
+        "Each trained column minus the bare LM on the same held-out task and templates: the baseline "
+        "and stage 2 train the LM, stage 1 only the codes."))
+    lines += diff_section(ev, "ceiling", CEILING, "## Stage 1 against its ceiling: free per-task prompts", (
+        "A code's prompt cannot do better than a free prompt per training task (multi-task prompt "
+        "tuning of the frozen LM, same mixture and budget), scored by the same Code Ensemble. The "
+        "issue's goal for stage 1 is +10 points over the backbone, or, where the ceiling itself "
+        "transfers less, stage 1 within 2 points of the ceiling."))
     lines += ["## Zero-label selection: do the training codes disagree?", "",
               "Mean agreement of the training codes with their majority vote on the selection inputs "
               "(1.0: every code gives the same answers, so selection cannot matter), and the code picked.", "",

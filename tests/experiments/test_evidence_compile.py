@@ -473,6 +473,14 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     line = next(x for x in md.splitlines() if "CTR stage-1 zero-label - free-prompt ceiling" in x)
     assert f"{gap['diff']:+.1f} [{gap['ci_low']:+.1f}, {gap['ci_high']:+.1f}]" in line
     assert "| main | glue_sst2 | free prompts | 0.800 |" in md
+    # what training moved: every trained column against the bare LM, where both were scored
+    for name, (col, _) in ce.VS_BACKBONE.items():
+        d = sst["vs_backbone"][name]
+        assert d["diff"] == pytest.approx(cells[col]["value"] - cells["backbone"]["value"]), name
+    assert set(row(ev, "lodo", "ag_news")["vs_backbone"]) == {"mt_minus_backbone", "s1_minus_backbone"}
+    d = sst["vs_backbone"]["s1_minus_backbone"]
+    line = next(x for x in md.splitlines() if x.startswith("| main | glue_sst2 | CTR stage-1 zero-label - backbone"))
+    assert f"{d['diff']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] | {d['verdict']}" in line
 
 
 def test_training_rows_carry_the_codebook_health(tmp_path):
