@@ -32,12 +32,21 @@ ARCHIVED = re.compile(r".*\.(json|jsonl|tsv)$|^MODE$")
 INTERMEDIATE = re.compile(r"^checkpoint-\d+$")
 
 
+def in_model_backbone(f: Path, runs: Path) -> bool:
+    """f lies in the backbone/ folder a trained model saves beside its ctr_config.json (the LM's own
+    files, e.g. tokenizer.json; not RUNS/backbone/, the bare backbone's scores)."""
+    return any(p.name == "backbone" and (runs / p.parent / "ctr_config.json").exists()
+               for p in f.relative_to(runs).parents)
+
+
 def archive(runs: Path, dest: Path) -> int:
-    """Copy the files the table reads (ARCHIVED names outside checkpoint-N folders); returns how many."""
+    """Copy the files the table reads (ARCHIVED names outside checkpoint-N folders and model
+    backbones); returns how many."""
     n = 0
     for f in sorted(runs.rglob("*")):
         rel = f.relative_to(runs)
-        if not f.is_file() or not ARCHIVED.match(f.name) or any(INTERMEDIATE.match(p) for p in rel.parts):
+        if (not f.is_file() or not ARCHIVED.match(f.name) or any(INTERMEDIATE.match(p) for p in rel.parts)
+                or in_model_backbone(f, runs)):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dest / rel)
@@ -56,6 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--archive", default=None, metavar="DIR",
                     help="also copy the files the table is compiled from to DIR (no weights)")
     args = ap.parse_args(argv)
+    if args.archive:  # checked before anything is written
+        runs, dest = Path(args.runs).resolve(), Path(args.archive).resolve()
+        if dest == runs or runs in dest.parents:
+            ap.error(f"--archive {args.archive}: must lie outside RUNS ({args.runs})")
     ev = compile_evidence(Path(args.runs), args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,9 +76,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "evidence.json").write_text(json.dumps(strip(ev), indent=1) + "\n")
     print(f"wrote {out / 'evidence.md'} and {out / 'evidence.json'}")
     if args.archive:
-        runs, dest = Path(args.runs).resolve(), Path(args.archive).resolve()
-        if dest == runs or runs in dest.parents:
-            ap.error(f"--archive {args.archive}: must lie outside RUNS ({args.runs})")
         print(f"archived {archive(runs, dest)} files of {args.runs} to {dest}")
     return ev
 

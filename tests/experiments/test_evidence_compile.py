@@ -503,12 +503,16 @@ def test_the_archive_rebuilds_the_table_without_weights(tmp_path):
     for final in runs.rglob("final"):  # as `ctr train` leaves a run: config and weights, checkpoints
         (final / "ctr_config.json").write_text("{}")
         (final / "ctr_weights.safetensors").write_bytes(b"\0" * 64)
+        (final / "backbone").mkdir()  # a stage-2 model saves its LM beside the CTR weights
+        (final / "backbone" / "tokenizer.json").write_text("{}")
         (final.parent / "checkpoint-50").mkdir()
         (final.parent / "checkpoint-50" / "trainer_state.json").write_text("{}")
     ev = script.main([str(runs), "--out", str(tmp_path / "out"), "--n-boot", "300",
                       "--archive", str(tmp_path / "archive")])
     kept = {p.relative_to(tmp_path / "archive") for p in (tmp_path / "archive").rglob("*") if p.is_file()}
     assert not any(p.suffix == ".safetensors" or "checkpoint-50" in p.parts for p in kept)
+    assert not any(p.name == "tokenizer.json" for p in kept)  # the LM's files are not the table's
+    assert any(p.parts[0] == "backbone" for p in kept)  # the bare backbone's scores are
     assert Path("MODE") in kept and Path("timings.tsv") in kept
     assert Path("seed0/main/s1/final/ctr_config.json") in kept  # marks the run finished
     again = script.main([str(tmp_path / "archive"), "--out", str(tmp_path / "out2"), "--n-boot", "300"])
