@@ -90,10 +90,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
-    """Print the code table of a checkpoint."""
+    """Print the code table of a checkpoint and its codebook health (task types from the T0
+    manifest, where the tasks are T0's)."""
+    from ctr.analysis.report import task_labels
+    from ctr.analysis.stats import UNKNOWN
+    from ctr.core.code_health import codebook_health
     from ctr.core.codes import format_table
     from ctr.core.loading import load_code_table
-    print(format_table(load_code_table(args.checkpoint)[0]))
+    table, config, _ = load_code_table(args.checkpoint)
+    print(format_table(table))
+    types = [None if t == UNKNOWN else t for t in task_labels(list(table), args.data_dir)[0]]
+    health = codebook_health(list(table.values()), config["codebook_size"], types)
+    print(f"\nCodebook health ({len(table)} tasks)\n\n{health.markdown()}")
     return 0
 
 
@@ -171,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(selection on evaluation examples and gold labels)")
     add_dataclass_args(p, AuditConfig)
     p.set_defaults(func=cmd_audit)
-    p = sub.add_parser("codes", help="print the code table of a checkpoint")
+    p = sub.add_parser("codes", help="print the code table of a checkpoint and its codebook health")
     p.add_argument("checkpoint")
+    p.add_argument("--data-dir", default=None, help="data folder whose T0 manifest gives the task "
+                   "types (default: $CTR_DATA_DIR or ../shared/data)")
     p.set_defaults(func=cmd_codes)
     from ctr.analysis.options import AnalyzeConfig
     add_checkpoint_command(sub, "analyze", "what the codes mean: usage, association with task "

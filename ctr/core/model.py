@@ -21,7 +21,7 @@ from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
 from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
-from ctr.core.quantizer import CodeQuantizer
+from ctr.core.quantizer import CodeQuantizer, seeded
 
 CONFIG_FILE = "ctr_config.json"
 WEIGHTS_FILE = "ctr_weights.safetensors"
@@ -191,17 +191,36 @@ class CTRModel(nn.Module):
                 raise ValueError(f"task_ids has {task_ids.shape[0]} entries for a batch of {batch_size}")
             if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.config.num_tasks):
                 raise ValueError(f"task_ids must lie in [0, {self.config.num_tasks})")
-            z = self.encode_tasks(task_ids)
-            out = self.quantizer(z)
-            q, codes, vq_loss = out.quantized, out.codes, out.loss
-            if self.config.codebook_lm_grad:
-                # forward: the codebook vectors; backward: the LM gradient reaches them and,
-                # straight through, the task encoding z (paper: z only)
-                q = self.quantizer.lookup(codes) + (z - z.detach())
+            q, codes, vq_loss = self._quantize_tasks(task_ids)
         else:
             codes = self.check_codes(codes, batch_size)
             q, vq_loss = self.quantizer.lookup(codes), zero
         return self.decoder(q), codes, vq_loss
+
+    def _quantize_tasks(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(quantized vectors [B, L, D], codes [B, L], VQ loss) of training tasks.
+
+        In training with `quantize_all_tasks`, every task is encoded and quantised and the
+        batch's rows are taken from that (the VQ loss is every task's). While the codebook
+        warms up (the trainer sets `quantizer.quantizing` False) the encodings themselves
+        are the prompt vectors, and the codes are only reported."""
+        if not self.quantizer.quantizing:  # codebook warm-up: the encodings are the prompt
+            z = self.encode_tasks(task_ids)
+            return z, self.quantizer.nearest(z), z.new_zeros(())
+        complete = self.config.quantize_all_tasks and self.training
+        z = self.encode_tasks(torch.arange(self.config.num_tasks, device=task_ids.device)
+                              if complete else task_ids)
+        out = self.quantizer(z, complete=complete)
+        q, codes = out.quantized, out.codes
+        if complete:
+            z, q, codes = z[task_ids], q[task_ids], codes[task_ids]
+        if self.config.codebook_lm_grad:
+            # forward: the codebook vectors; backward: the LM gradient reaches them and the
+            # task encoding z (straight through, or rotated: `quantizer.through`). Paper: z only
+            w = self.quantizer.lookup(codes)
+            q = w - w.detach() + self.quantizer.through(z, w) if self.quantizer.rotation_trick \
+                else w + (z - z.detach())
+        return q, codes, out.loss
 
     def _require_codes(self) -> None:
         if not self.config.use_codes:
@@ -317,11 +336,13 @@ class CTRModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     @torch.no_grad()
-    def kmeans_init(self) -> None:
-        """Initialise the codebook by k-means over all task encodings."""
+    def kmeans_init(self, seed: int | None = None) -> None:
+        """Initialise the codebook by k-means over all task encodings (`seed`: the draw of
+        the initial centroids, alike on every process; default: the global RNG)."""
         self._require_codes()
         ids = torch.arange(self.config.num_tasks, device=self.encoder.device)
-        self.quantizer.init_from_encodings(self.encode_tasks(ids))
+        with seeded(seed, self.encoder.device):
+            self.quantizer.init_from_encodings(self.encode_tasks(ids))
 
     # ---- save / load -----------------------------------------------------------------
     def save_pretrained(self, path: str | Path, save_backbone: bool | None = None,

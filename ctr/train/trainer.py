@@ -39,7 +39,7 @@ from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.train.lora import lora_summary, train_backbone
-from ctr.train.metrics import step_record
+from ctr.train.metrics import step_record, write_health
 from ctr.train.parallelism import refuse_sharding
 from ctr.train.time_budget import TimeBudget
 
@@ -93,6 +93,7 @@ def adopt_model_options(cfg: TrainConfig) -> None:
     for key in MODEL_KEYS:
         if key in saved:
             setattr(cfg, key, saved[key])
+    cfg.codebook_recipe = None  # the module is --init-from's: its options are recorded above
 
 
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
@@ -153,7 +154,8 @@ RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection
                "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
                "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
                "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
-               "codebook_lm_grad", "lora", "lora_r", "lora_alpha", "lora_dropout",
+               "codebook_lm_grad", "quantize_all_tasks", "rotation_trick", "code_entropy_weight",
+               "code_entropy_temperature", "codebook_warmup_steps", "codebook_recipe", "lora", "lora_r", "lora_alpha", "lora_dropout",
                "lora_target_modules")
 
 
@@ -251,9 +253,15 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             print(f"[ctr] resumed from {resume_from} at step {start}")
     model, optimizer = acc.prepare(model, optimizer)
     core: CTRModel = acc.unwrap_model(model)
-    revival = core.config.use_codes and core.config.quantizer == "plain"
-    if revival:  # usage and dead-code revival once per optimizer step, over all processes
+    # usage, dead-code revival (and with every task quantised, the EMA step) once per
+    # optimizer step, alike on every process
+    revival = core.config.use_codes and (core.config.quantizer == "plain" or core.config.quantize_all_tasks)
+    if revival:
         core.quantizer.defer_usage = True
+    warmup = cfg.codebook_warmup_steps if core.config.use_codes and cfg.stage == 1 else 0
+    if warmup:  # continuous task prompts until the codebook is set (ctr.core.model._quantize_tasks)
+        core.quantizer.quantizing = start >= warmup
+    types = [t.task_type for t in tasks]
     tok = core.tokenizer
     encoder = PromptEncoder.for_model(core)
     encoded = data.tokenised(encoder, cfg, acc) if data is not None else InMemoryRows(
@@ -280,6 +288,9 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         if step >= cfg.steps:  # --max-minutes set fewer steps
             break
         t0 = time.time()
+        if warmup and step == warmup:  # the warm-up ends: k-means on every task's encoding
+            core.kmeans_init(seed=cfg.seed * 1_000_003 + step)
+            core.quantizer.quantizing = True
         # dropout, per step and process (each process's shard gets its own masks)
         torch.manual_seed(cfg.seed * 1_000_003 + step + 1_000_000_007 * acc.process_index)
         # every process knows the global batch; it trains on its contiguous shard
@@ -328,12 +339,12 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if revival:  # revival vectors drawn from a per-step generator, alike on every process
-            core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+            core.quantizer.end_step(seed=cfg.seed * 1_000_003 + step)
         done = step + 1
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vq=f"{stats['vq_loss']:.3f}")
         step_time, logged = time.time() - t0, done % cfg.log_every == 0 or done == cfg.steps
         record = lambda: step_record(done, stats, scheduler.get_last_lr()[0], grad_norm, step_time,
-                                     n_inputs, decided, core, revival)  # noqa: E731 (built when logged)
+                                     n_inputs, decided, core, revival, types)  # noqa: E731 (built when logged)
         if acc.is_main_process and logged:
             append_jsonl(out / "metrics.jsonl", record())
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
@@ -362,6 +373,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         budget.finish()
         if core.config.use_codes:
             write_json(out / "code_table.json", core.code_table())
+            write_health(out, core, types)
     acc.wait_for_everyone()
     return final
 
