@@ -147,3 +147,41 @@ def test_codebook_warm_up_decodes_the_encodings_and_kmeans_sets_the_codebook():
     model.kmeans_init(seed=0)
     after = torch.cdist(allz, q.codebook.detach()).min(-1).values
     assert after.pow(2).sum() < 0.5 * before.pow(2).sum() and (after < 1e-4).sum() >= 5
+
+
+def drifting_groups(step: int, generator: torch.Generator) -> torch.Tensor:
+    """Encodings [12 tasks, 4 positions, 8 dims] in 3 groups of 4 tasks: positions 0-1 carry
+    the group (tasks of a group share a point), positions 2-3 the task; every encoding
+    drifts along one common direction, 0.2 a step (what stage 1 does to the encodings when
+    the LM gradient pulls every task the same way)."""
+    g = torch.Generator().manual_seed(7)
+    group = torch.randn(3, 2, 8, generator=g) * 3
+    task = torch.randn(12, 2, 8, generator=g) * 3
+    z = torch.cat([group.repeat_interleave(4, 0), task], 1)
+    drift = torch.ones(8) * 0.2 * step
+    return z + drift + 0.01 * torch.randn(12, 4, 8, generator=generator)
+
+
+@pytest.mark.parametrize("updated", [True, False])
+def test_stable_codebook_keeps_one_code_per_task_and_shares_values_in_groups(updated):
+    """40 steps of drifting grouped encodings through the stable quantizer (EMA step and
+    revival once a step from every task); without the step the codebook stays behind and
+    the tasks fall onto a few values."""
+    names = [f"t{i}" for i in range(12)]
+    torch.manual_seed(0)
+    cfg = CTRConfig(code_length=4, codebook_size=16, task_names=names, codebook_init_scale=1.0,
+                    quantizer="ema", quantize_all_tasks=True, dead_code_threshold=0.5)
+    q = CTRModel(tiny_backbone("llama", hidden=8)[0], cfg).quantizer.train()
+    q.defer_usage = True
+    rng = torch.Generator().manual_seed(0)
+    for step in range(40):
+        q(drifting_groups(step, rng), complete=True)
+        if updated:
+            q.end_step(seed=step)
+    codes = q.nearest(drifting_groups(40, rng))
+    distinct = len({tuple(c) for c in codes.tolist()})
+    same_group = all(len(set(codes[4 * g:4 * g + 4, i].tolist())) == 1 for g in range(3) for i in (0, 1))
+    if updated:  # one code per task, one value per group at the group positions
+        assert distinct == 12 and same_group
+    else:
+        assert distinct < 12
