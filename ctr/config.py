@@ -78,6 +78,10 @@ class CTRConfig:
         False, "training quantises every task's encoding at every step, not only the batch's: "
                "the VQ loss, the codebook update and dead-code revival see all tasks (the codes "
                "depend on the task only, so this is T x L vectors a step)")
+    value_offsets: bool = opt(
+        False, "quantizer=ema: each value also has an offset that the LM loss trains, added to its "
+               "centroid in the prompt (the centroids alone, an EMA k-means of the tasks, decide "
+               "the codes); a revived value's offset starts at 0")
     rotation_trick: bool = opt(
         False, "gradients reach the encodings through the rotation trick (Fifty et al. 2024, "
                "vector-quantize-pytorch) instead of straight through (paper)")
@@ -109,6 +113,9 @@ class CTRConfig:
         if self.codebook_lm_grad and self.quantizer != "plain":
             raise ValueError("codebook_lm_grad needs quantizer='plain' (the EMA codebook is not "
                              "trained by gradients)")
+        if self.value_offsets and self.quantizer != "ema":
+            raise ValueError("value_offsets needs quantizer='ema' (the plain codebook learns its "
+                             "values itself: codebook_lm_grad)")
         for name in ("code_length", "codebook_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -208,6 +215,8 @@ class TrainConfig:
     quantize_all_tasks: bool | None = opt(
         None, "quantise every task's encoding at every step: VQ loss, codebook update and "
               "dead-code revival see all tasks, not only the batch's (recipe)")
+    value_offsets: bool | None = opt(
+        None, "--quantizer ema: LM-trained offsets added to the centroids in the prompt (recipe)")
     rotation_trick: bool | None = opt(None, "gradients through the quantizer by the rotation trick (recipe)")
     code_entropy_weight: float | None = opt(None, "weight of the code-usage entropy term, 0 = off (recipe)")
     code_entropy_temperature: float | None = opt(None, "distance scale of the code-usage term (recipe)")
@@ -314,7 +323,8 @@ class TrainConfig:
 SPREAD_ENCODER_LR_SCALE = 0.002
 # Options of the CTR module that `ctr train` passes to CTRConfig as they are.
 MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
-              "quantize_all_tasks", "rotation_trick", "code_entropy_weight", "code_entropy_temperature",
+              "quantize_all_tasks", "value_offsets", "rotation_trick", "code_entropy_weight",
+              "code_entropy_temperature",
               "task_init", "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
               "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
               "codebook_lm_grad")
@@ -323,8 +333,9 @@ MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_
 PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
                    codebook_init="uniform", decoder_init="random", encoder_init="random",
                    codebook_lm_grad=False, quantizer="plain", kmeans_init=False,
-                   dead_code_threshold=0.0, quantize_all_tasks=False, rotation_trick=False,
-                   code_entropy_weight=0.0, code_entropy_temperature=1.0, codebook_warmup_steps=0)
+                   dead_code_threshold=0.0, quantize_all_tasks=False, value_offsets=False,
+                   rotation_trick=False, code_entropy_weight=0.0, code_entropy_temperature=1.0,
+                   codebook_warmup_steps=0)
 # Code values start as token embeddings and are the soft prompt itself (identity decoder),
 # each task starts on its own code, and the LM loss trains the values directly, so a frozen
 # LM's prompt learns at the speed of prompt tuning (results/stage1_diagnosis/cpu/). Over a

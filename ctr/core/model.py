@@ -129,7 +129,7 @@ class CTRModel(nn.Module):
         T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
         values = torch.randperm(K * (T * L // K + 1)) % K  # each value (T * L / K) times
         codes = values[:T * L].reshape(T, L)
-        book = self.quantizer.weight.detach().float()
+        book = self.quantizer.centers.detach().float()
         pinv = torch.linalg.pinv(self.task_embedding.weight.detach().float())  # [E, T]
         return torch.stack([pinv @ book[codes[:, i].to(book.device)] for i in range(L)])
 

@@ -127,19 +127,28 @@ class CodeQuantizer(nn.Module):
                 with torch.no_grad():
                     self.vq._codebook.embed.uniform_(-scale, scale)
                     self.vq._codebook.embed_avg.copy_(self.vq._codebook.embed)
+            # value offsets: what the LM loss learns for each value, added to its centroid
+            # in the prompt; the centroids alone (an EMA k-means of the tasks) decide codes
+            self.offsets = nn.Parameter(torch.zeros(config.codebook_size, dim)) if config.value_offsets else None
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """The vectors codes are assigned by [K, D] (plain: the codebook; ema: the centroids)."""
+        return self.codebook if self.variant == "plain" else self.vq._codebook.embed[0]
 
     @property
     def weight(self) -> torch.Tensor:
-        """The codebook [K, D]."""
-        return self.codebook if self.variant == "plain" else self.vq._codebook.embed[0]
+        """The codebook [K, D] as the prompt sees it: the centers, plus the value offsets."""
+        offsets = getattr(self, "offsets", None)
+        return self.centers if offsets is None else self.centers + offsets
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         return self.weight[codes]
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest codebook vector, computed in fp32 whatever the autocast."""
+        """Index of the nearest center, computed in fp32 whatever the autocast."""
         with no_autocast(z.device):
-            w, z = self.weight.detach().float(), z.detach().float()
+            w, z = self.centers.detach().float(), z.detach().float()
             d = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ w.t() + w.pow(2).sum(-1))
         return d.argmin(-1)
 
@@ -166,7 +175,7 @@ class CodeQuantizer(nn.Module):
 
     @torch.no_grad()
     def set_codebook(self, vectors: torch.Tensor) -> None:
-        """Replace the codebook [K, D] (both variants; the EMA average follows)."""
+        """Replace the codebook's centers [K, D] (both variants; the EMA average follows)."""
         if self.variant == "plain":
             self.codebook.copy_(vectors)
         else:
@@ -195,17 +204,22 @@ class CodeQuantizer(nn.Module):
             # vector-quantize-pytorch turns autocast off for CUDA only: distances in fp32 here
             with no_autocast(z.device):
                 q, codes, loss = self.vq(z.float())
-            return QuantizerOutput(q, codes, loss)
+            return QuantizerOutput(self._offset(q, codes), codes, loss)
         codes = self.nearest(z)
-        q = self.weight[codes]
+        q = self.centers[codes]
         commitment = (z - q.detach()).pow(2).mean()
         # plain: the codebook moves towards its encodings by gradient; ema: by the EMA step
         loss = self.beta * commitment + ((q - z.detach()).pow(2).mean() if self.variant == "plain" else 0)
         if self.entropy_weight:
-            loss = loss + self.entropy_weight * usage_entropy_loss(z, self.weight, self.entropy_temperature)
+            loss = loss + self.entropy_weight * usage_entropy_loss(z, self.centers, self.entropy_temperature)
         if self.training:
             self._note(z.detach().float().reshape(-1, self.dim), codes.reshape(-1), complete)
-        return QuantizerOutput(self.through(z, q), codes, loss)
+        return QuantizerOutput(self._offset(self.through(z, q), codes), codes, loss)
+
+    def _offset(self, q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """q plus the offsets of its values (the LM gradient reaches them), if there are any."""
+        offsets = getattr(self, "offsets", None)
+        return q if offsets is None else q + offsets[codes]
 
     def _note(self, flat: torch.Tensor, codes: torch.Tensor, complete: bool) -> None:
         if complete:  # every pass of a step sees the same encodings: keep one copy
@@ -241,8 +255,11 @@ class CodeQuantizer(nn.Module):
             cb.track_cluster_size_and_embed_avg(z[None], onehot[None])
             cb.update_ema()
             if self.dead_code_threshold > 0:
-                self.revived = int((cb.cluster_size < self.dead_code_threshold).sum())
+                dead = cb.cluster_size[0] < self.dead_code_threshold
+                self.revived = int(dead.sum())
                 cb.expire_codes_(z[None])
+                if self.offsets is not None:  # a revived value starts its offset anew
+                    self.offsets.data[dead] = 0.0
 
     @torch.no_grad()
     def _track_usage_and_revive(self, flat: torch.Tensor, codes: torch.Tensor, n_forwards: int,

@@ -185,3 +185,26 @@ def test_stable_codebook_keeps_one_code_per_task_and_shares_values_in_groups(upd
         assert distinct == 12 and same_group
     else:
         assert distinct < 12
+
+
+def test_value_offsets_shape_the_prompt_but_not_the_codes():
+    model = make("ema", quantize_all_tasks=True, value_offsets=True, dead_code_threshold=0.995).train()
+    q = model.quantizer
+    q.defer_usage = True
+    z = model.encode_tasks(torch.arange(len(NAMES))).detach()
+    codes = q.nearest(z)
+    with torch.no_grad():
+        q.offsets.normal_()  # offsets move the prompt vectors far, not the codes
+    assert torch.equal(q.nearest(z), codes)
+    out = q(z.clone().requires_grad_(), complete=True)
+    assert torch.allclose(out.quantized, q.centers[codes] + q.offsets[codes].detach(), atol=1e-5)
+    w = torch.randn_like(out.quantized)
+    (out.quantized * w).sum().backward()
+    want = torch.zeros_like(q.offsets).index_add_(0, codes.flatten(), w.reshape(-1, q.dim))
+    assert torch.allclose(q.offsets.grad, want, atol=1e-5)  # the LM gradient of every row using it
+    q.end_step(seed=0)
+    dead = [v for v in range(16) if v not in codes.flatten().tolist()]
+    assert q.revived == len(dead) > 0
+    assert (q.offsets.detach()[dead] == 0).all() and (q.offsets.detach()[codes.flatten()] != 0).all()
+    with pytest.raises(ValueError, match="value_offsets needs quantizer='ema'"):
+        CTRConfig(value_offsets=True)
