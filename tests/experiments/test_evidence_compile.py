@@ -520,7 +520,7 @@ def test_the_archive_rebuilds_the_table_without_weights(tmp_path):
 
 
 # Committed tables whose inputs are archived beside them: (table folder, inputs folder).
-ARCHIVED_TABLES = [(ROOT / "results/evidence/cpu_lodo", ROOT / "results/evidence/cpu_lodo/runs")]
+ARCHIVED_TABLES = [(ROOT / "results/evidence/cpu_lodo", ROOT / "results/evidence/cpu_lodo/inputs")]
 
 
 def comparable(md: str) -> list[str]:
