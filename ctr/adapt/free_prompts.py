@@ -23,7 +23,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -35,7 +35,7 @@ from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.fileio import append_jsonl, write_json
 from ctr.provenance import provenance
-from ctr.tasks.mixture import Task, load_jsonl_tasks, load_t0_tasks
+from ctr.tasks.mixture_options import MixtureOptions
 from ctr.train.batching import MixtureSampler, collate, encode_tasks
 from ctr.train.trainer import lr_lambda
 
@@ -44,22 +44,13 @@ PROBE_OFFSET = 10_000  # the held-in probe reads the sampler's batches from this
 
 
 @dataclass
-class FreePromptConfig:
-    """Multi-task prompt tuning of a frozen backbone (`ctr free-prompts`)."""
+class FreePromptConfig(MixtureOptions):
+    """Multi-task prompt tuning of a frozen backbone (`ctr free-prompts`); the mixture options
+    are `ctr.tasks.mixture_options.MixtureOptions`."""
 
     output_dir: str = opt("runs/free_prompts", "folder for train_config.json, metrics.jsonl, "
                                                "summary.json and the prompts as a CTR model (final/)")
     model: str = opt("smollm2", "backbone: 'smollm2' (embedded default), a local HF folder or a hub id")
-    data_dir: str | None = opt(None, "T0 data folder (default: $CTR_DATA_DIR or ../shared/data)")
-    train_files: list[str] = opt([], "JSONL task files (task, input, target[, choices]) instead of T0")
-    tasks: list[str] = opt([], "only these T0 training tasks (file stems), in this order; default all")
-    drop_single_answer: bool = opt(False, "drop tasks whose targets are all the same answer")
-    limit_examples: int | None = opt(None, "read at most N examples per task file (quick runs)")
-    mixing: Literal["proportional", "balanced"] = opt(
-        "proportional", "proportional: by task size with a per-task cap; balanced: tasks uniform")
-    task_cap: int = opt(50000, "per-task example cap for proportional mixing")
-    max_source_len: int = opt(384, "max source tokens (truncated from the left of the text end)")
-    max_target_len: int = opt(32, "max target tokens")
     prompt_length: int = opt(10, "prompt vectors per task (the code length L it is compared with)")
     steps: int = opt(100, "optimizer steps")
     batch_size: int = opt(8, "examples per step (one forward pass)")
@@ -85,18 +76,7 @@ class FreePromptConfig:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.probe_batches < 0:
             raise ValueError(f"--probe-batches must be >= 0, got {self.probe_batches}")
-        if self.mixing not in ("proportional", "balanced"):
-            raise ValueError(f"--mixing must be proportional or balanced, got {self.mixing!r}")
-
-
-def load_training_tasks(cfg: FreePromptConfig) -> list[Task]:
-    if cfg.train_files:
-        tasks, _ = load_jsonl_tasks(cfg.train_files, cfg.drop_single_answer, cfg.limit_examples)
-    else:
-        tasks, _ = load_t0_tasks(cfg.data_dir, cfg.tasks or None, cfg.drop_single_answer, cfg.limit_examples)
-    if not tasks:
-        raise ValueError("no training tasks left after loading (--tasks / --train-files)")
-    return tasks
+        self.check_mixture()
 
 
 def initial_prompts(model: CTRModel, tasks: int, length: int, seed: int) -> torch.Tensor:
@@ -109,7 +89,7 @@ def initial_prompts(model: CTRModel, tasks: int, length: int, seed: int) -> torc
 def train_free_prompts(cfg: FreePromptConfig) -> dict[str, Any]:
     """Train the prompts, save them as a CTR model in OUTPUT_DIR/final; returns the summary."""
     torch.manual_seed(cfg.seed)
-    tasks = load_training_tasks(cfg)
+    tasks = cfg.load_tasks()
     backbone, tok = load_backbone(cfg.model)
     delimiter = parse_delimiter(cfg.target_delimiter)
     model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=cfg.model, target_delimiter=delimiter), tok)
