@@ -49,6 +49,8 @@ def test_free_prompts_learn_reproduce_and_load_as_codes(tiny_paths, tmp_path, ar
     start = initial_prompts(model, 3, 3, seed=0)
     assert first.shape == start.shape and not torch.allclose(first, start)  # the prompts learned
     assert model.code_table() == {f"task{t}": [3 * t, 3 * t + 1, 3 * t + 2] for t in range(3)}
+    if arch != "llama":
+        return
     # the same seed gives the same prompts (the evidence run re-runs steps); another does not
     run(tmp_path, tiny_paths[arch], "b")
     assert torch.equal(trained_prompts(tmp_path / "b"), first)
