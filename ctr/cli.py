@@ -83,6 +83,16 @@ def cmd_few_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_free_prompts(args: argparse.Namespace) -> int:
+    from ctr.adapt.free_prompts import FreePromptConfig, train_free_prompts
+    cfg = dataclass_from_args(FreePromptConfig, args)
+    summary = train_free_prompts(cfg)
+    print(f"{len(summary['tasks'])} free prompts, LM loss {summary['lm_loss_first']:.3f} -> "
+          f"{summary['lm_loss_last10_mean']:.3f} (last 10 steps), held-in probe {summary['probe_lm_loss']}; "
+          f"as a CTR model: {Path(cfg.output_dir) / 'final'} (ctr zero-label --checkpoint {cfg.output_dir})")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from ctr.adapt.audit import AuditConfig, run_audit
     run_audit(dataclass_from_args(AuditConfig, args))
@@ -174,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("few-shot", help="Bitwise Search from k labelled shots (+ baselines)")
     add_dataclass_args(p, FewShotConfig)
     p.set_defaults(func=cmd_few_shot)
+    from ctr.adapt.free_prompts import FreePromptConfig
+    p = sub.add_parser("free-prompts", help="multi-task prompt tuning of the frozen LM: one free prompt "
+                                            "per training task, the ceiling of a stage-1 codebook, saved "
+                                            "as a CTR model that `ctr zero-label` scores")
+    add_dataclass_args(p, FreePromptConfig)
+    p.set_defaults(func=cmd_free_prompts)
     from ctr.adapt.audit import AuditConfig
     p = sub.add_parser("audit", help="selection-protocol audit: ours vs the authors' "
                                      "(selection on evaluation examples and gold labels)")
