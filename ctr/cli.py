@@ -54,7 +54,8 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ctr.train.trainer import summarize_run, train
+    from ctr.train.metrics import summarize_run
+    from ctr.train.trainer import train
     cfg = dataclass_from_args(TrainConfig, args)
     from accelerate import PartialState
     final = train(cfg, stop_after=args.stop_after)

@@ -22,7 +22,6 @@ and the bare backbone once, as the lent-GPU run scored them.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 from pathlib import Path

@@ -2,13 +2,14 @@
 model card read back), and the codebook-health report a run with codes ends with."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ctr.core.code_health import HEALTH_FILE, HEALTH_MARKDOWN, codebook_health
 from ctr.core.codes import code_usage
 from ctr.core.model import CTRModel
-from ctr.fileio import write_json
+from ctr.fileio import read_jsonl, write_json
 
 
 def step_record(step: int, stats: dict[str, float], lr: float, grad_norm: float, step_time: float,
@@ -36,3 +37,22 @@ def write_health(folder: Path, core: CTRModel, types: Sequence[str] | None = Non
     health = codebook_health(core.task_codes().cpu(), core.config.codebook_size, types)
     write_json(Path(folder) / HEALTH_FILE, health.to_dict())
     (Path(folder) / HEALTH_MARKDOWN).write_text("# Codebook health\n\n" + health.markdown() + "\n")
+
+
+def summarize_run(output_dir: str | Path) -> str:
+    """Code table and loss-curve summary of a finished run, as Markdown."""
+    out = Path(output_dir)
+    records = read_jsonl(out / "metrics.jsonl")
+    lines = ["## Loss curve", "", "| step | loss | lm loss | vq loss | distinct code values |",
+             "|---:|---:|---:|---:|---:|"]
+    picks = sorted({0, len(records) // 4, len(records) // 2, 3 * len(records) // 4, len(records) - 1})
+    for i in picks:
+        r = records[i]
+        lines.append(f"| {r['step']} | {r['loss']:.4f} | {r['lm_loss']:.4f} | {r['vq_loss']:.4f} | "
+                     f"{r.get('distinct_values', '-')} |")
+    table_path = out / "code_table.json"
+    if table_path.exists():
+        table = json.loads(table_path.read_text())
+        lines += ["", f"## Code table ({len(table)} tasks)", "", "| task | code |", "|---|---|"]
+        lines += [f"| {name} | {' '.join(map(str, code))} |" for name, code in table.items()]
+    return "\n".join(lines)

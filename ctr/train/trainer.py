@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -39,7 +38,7 @@ from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.train.lora import lora_summary, train_backbone
-from ctr.train.metrics import step_record, write_health
+from ctr.train.metrics import step_record, summarize_run, write_health  # noqa: F401 (summarize_run: ctr.demo)
 from ctr.train.parallelism import refuse_sharding
 from ctr.train.time_budget import TimeBudget
 
@@ -385,22 +384,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
-
-
-def summarize_run(output_dir: str | Path) -> str:
-    """Code table and loss-curve summary of a finished run, as Markdown."""
-    out = Path(output_dir)
-    records = read_jsonl(out / "metrics.jsonl")
-    lines = ["## Loss curve", "", "| step | loss | lm loss | vq loss | distinct code values |",
-             "|---:|---:|---:|---:|---:|"]
-    picks = sorted({0, len(records) // 4, len(records) // 2, 3 * len(records) // 4, len(records) - 1})
-    for i in picks:
-        r = records[i]
-        lines.append(f"| {r['step']} | {r['loss']:.4f} | {r['lm_loss']:.4f} | {r['vq_loss']:.4f} | "
-                     f"{r.get('distinct_values', '-')} |")
-    table_path = out / "code_table.json"
-    if table_path.exists():
-        table = json.loads(table_path.read_text())
-        lines += ["", f"## Code table ({len(table)} tasks)", "", "| task | code |", "|---|---|"]
-        lines += [f"| {name} | {' '.join(map(str, code))} |" for name, code in table.items()]
-    return "\n".join(lines)

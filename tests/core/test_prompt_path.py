@@ -9,7 +9,8 @@ import torch
 
 from ctr.train.batching import Encoded, collate
 from ctr.cli import build_parser
-from ctr.config import CODEBOOK_RECIPES, MODEL_KEYS, PRESET_RECIPES, PRESETS, CTRConfig, TrainConfig
+from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
+from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
 from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
 
