@@ -20,10 +20,11 @@ PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
 PROMPT_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity", encoder_init="spread",
                     codebook_lm_grad=True)
 # The prompt recipe's start with a codebook that follows the tasks: every task's encoding is
-# quantised at every step, the codebook is an EMA k-means of them, and values no task uses
-# are revived on a task's encoding (results/codebook_proxy/).
+# quantised at every step, the codebook's centroids are an EMA k-means of them, values no task
+# uses are revived on a task's encoding, and an LM-trained offset per value keeps the prompt
+# learning as fast as the prompt recipe's (results/codebook_proxy/).
 STABLE_MODEL = dict(PROMPT_MODEL, codebook_lm_grad=False, quantizer="ema", quantize_all_tasks=True,
-                    dead_code_threshold=1.0)
+                    dead_code_threshold=1.0, value_offsets=True)
 CODEBOOK_RECIPES: dict[str, dict[str, Any]] = {
     "paper": PAPER_MODEL, "prompt": PROMPT_MODEL, "stable": STABLE_MODEL}
 # The recipe of each preset (--codebook-recipe overrides it, each flag overrides its part):

@@ -44,8 +44,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(codebook_recipe="paper"),
     # code values start as token embeddings and are the prompt; the LM trains them directly
     "prompt": dict(codebook_recipe="prompt"),
-    # the default: every task quantised each step, EMA codebook, revival from every task
+    # the default: every task quantised each step, EMA codebook, revival from every task,
+    # LM-trained value offsets
     "stable": dict(codebook_recipe="stable"),
+    # one remedy at a time, for the comparison at equal steps
+    "prompt_all_tasks": dict(codebook_recipe="prompt", quantize_all_tasks=True, dead_code_threshold=1.0),
+    "stable_without_offsets": dict(codebook_recipe="stable", value_offsets=False),
+    "prompt_warmup_kmeans": dict(codebook_recipe="prompt", codebook_warmup_steps=100),
+    "prompt_rotation": dict(codebook_recipe="prompt", rotation_trick=True),
+    "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 NEAR = dict(suite="near", max_examples=1000, batch_size=64)
