@@ -18,6 +18,7 @@ MANIFEST = "t0_train_manifest.tsv"
 DATA_ENV_VAR = "CTR_DATA_DIR"
 # A task with at most this many distinct targets gets its answer distribution reported.
 FEW_ANSWERS = 10
+UNKNOWN_TYPE = "unknown"  # the task type of a task that names none
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Example:
 class Task:
     name: str
     examples: list[Example]
-    task_type: str = "unknown"
+    task_type: str = UNKNOWN_TYPE
     dataset: str = ""
     template: str = ""
     answer_counts: dict[str, int] | None = None  # only for tasks with few distinct answers

@@ -40,7 +40,7 @@ def write_health(folder: Path, core: CTRModel, types: Sequence[str] | None = Non
 
 
 def summarize_run(output_dir: str | Path) -> str:
-    """Code table and loss-curve summary of a finished run, as Markdown."""
+    """Loss curve, code table and codebook health of a finished run, as Markdown."""
     out = Path(output_dir)
     records = read_jsonl(out / "metrics.jsonl")
     lines = ["## Loss curve", "", "| step | loss | lm loss | vq loss | distinct code values |",
@@ -55,4 +55,6 @@ def summarize_run(output_dir: str | Path) -> str:
         table = json.loads(table_path.read_text())
         lines += ["", f"## Code table ({len(table)} tasks)", "", "| task | code |", "|---|---|"]
         lines += [f"| {name} | {' '.join(map(str, code))} |" for name, code in table.items()]
+    if (out / HEALTH_MARKDOWN).exists():  # "# Codebook health" becomes a section of this summary
+        lines += ["", "#" + (out / HEALTH_MARKDOWN).read_text().strip()]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from ctr.train.dataset_cache import InMemoryRows, open_training_data
 from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
                          save_checkpoint)
 from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
-from ctr.tasks.mixture import Task, answer_report, load_jsonl_tasks, load_t0_tasks
+from ctr.tasks.mixture import UNKNOWN_TYPE, Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ctr.core.loading import require_model_dir
 from ctr.core.model import CONFIG_FILE, CTRModel
@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     warmup = cfg.codebook_warmup_steps if core.config.use_codes and cfg.stage == 1 else 0
     if warmup:  # continuous task prompts until the codebook is set (ctr.core.model._quantize_tasks)
         core.quantizer.quantizing = start >= warmup
-    types = [t.task_type for t in tasks]
+    types = [None if t.task_type == UNKNOWN_TYPE else t.task_type for t in tasks]  # for codebook health
     tok = core.tokenizer
     encoder = PromptEncoder.for_model(core)
     encoded = data.tokenised(encoder, cfg, acc) if data is not None else InMemoryRows(

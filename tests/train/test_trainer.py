@@ -189,3 +189,27 @@ def test_resume_refuses_other_tasks_or_settings(tiny_paths, task_file, tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and "--seed 1 (checkpoint: 0)" in err and "--quantizer 'ema' (checkpoint: 'plain')" in err
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_every_run_reports_its_codebook_health(tiny_paths, tmp_path, capsys):
+    from conftest import write_t0_folder
+    from ctr.core.code_health import codebook_health
+    data = write_t0_folder(tmp_path / "data")  # T0 tasks of two types (the manifest's)
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--data-dir", str(data),
+                 "--output-dir", str(out), "--code-length", "3", "--codebook-size", "8",
+                 "--max-source-len", "32", "--steps", "3", "--codebook-recipe", "stable"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Codebook health" in printed and "distinct codes / tasks" in printed
+    table = json.loads((out / "code_table.json").read_text())
+    manifest = {r.split("\t")[0][:-6]: r.split("\t")[3] for r in
+                (data / "t0_train_manifest.tsv").read_text().splitlines()[1:]}
+    want = codebook_health(list(table.values()), 8, [manifest[n] for n in table])
+    assert want.type_gap is not None
+    saved = json.loads((out / "codebook_health.json").read_text())
+    assert saved["distinct_codes"] == want.distinct_codes and saved["type_gap"] == round(want.type_gap, 4)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({"distinct_codes", "largest_value_share", "type_gap"} <= r.keys() for r in records)
+    assert records[-1]["distinct_codes"] == want.distinct_codes
+    assert main(["codes", str(out), "--data-dir", str(data)]) == 0
+    assert f"{want.type_gap:+.3f}" in capsys.readouterr().out
