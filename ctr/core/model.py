@@ -15,10 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ctr.core.adapter import IGNORE, BackboneAdapter, adapter_for
+from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
 from ctr.core.backbone import load_backbone
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
+from ctr.core.packing import PackedRows
 from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer
@@ -189,8 +190,12 @@ class CTRModel(nn.Module):
             task_ids = torch.as_tensor(task_ids, device=self.encoder.device).long().reshape(-1)
             if task_ids.shape[0] != batch_size:
                 raise ValueError(f"task_ids has {task_ids.shape[0]} entries for a batch of {batch_size}")
-            if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.config.num_tasks):
-                raise ValueError(f"task_ids must lie in [0, {self.config.num_tasks})")
+            if task_ids.numel():  # checked on the device: a GPU does not wait for the host
+                try:  # (raises here on the CPU; on a GPU as a device-side assert)
+                    torch._assert_async((task_ids.min() >= 0) & (task_ids.max() < self.config.num_tasks),
+                                        f"task_ids must lie in [0, {self.config.num_tasks})")
+                except RuntimeError as e:
+                    raise ValueError(str(e)) from None
             z = self.encode_tasks(task_ids)
             out = self.quantizer(z)
             q, codes, vq_loss = out.quantized, out.codes, out.loss
@@ -244,18 +249,72 @@ class CTRModel(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         return PreparedInputs(embeds, mask, positions, codes, vq_loss, order, P)
 
+    def embed_packed(self, input_ids: torch.Tensor, packed: PackedRows,
+                     task_ids: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                     prompt: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(embeds [1, S, H], codes, vq loss) of a packed pass: each row's soft prompt right
+        before its first token, as `embed_inputs` puts it (`ctr.core.packing`)."""
+        B = packed.rows
+        if prompt is not None:
+            if task_ids is not None or codes is not None:
+                raise ValueError("pass a prompt or a code/task id, not both")
+            prompt, vq_loss = prompt.expand(B, *prompt.shape[-2:]), prompt.new_zeros(())
+        else:
+            prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes)
+        tokens = self.backbone.get_input_embeddings()(input_ids.reshape(-1))  # [N, H]
+        P = 0 if prompt is None else prompt.shape[1]
+        if P != packed.prompt_len:
+            raise ValueError(f"the packed layout has {packed.prompt_len} prompt positions per row, "
+                             f"the model's prompt {P}")
+        parts = [tokens, tokens.new_zeros(1, tokens.shape[-1])]  # the zero row feeds end padding
+        if P:
+            parts.insert(0, prompt.reshape(B * P, -1).to(tokens.device, tokens.dtype))
+        return torch.cat(parts).index_select(0, packed.layout)[None], codes, vq_loss
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
                 codes: torch.Tensor | None = None, return_logits: bool = False,
-                target_only: bool = True, prompt: torch.Tensor | None = None) -> CTROutput:
+                target_only: bool = True, prompt: torch.Tensor | None = None,
+                packed: PackedRows | None = None) -> CTROutput:
         """Loss of `labels` given `input_ids` under a task id or a code.
 
         seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
         target tokens and `labels` is aligned with them (IGNORE on source and padding).
         With `target_only` the LM head runs on target positions only.
+        `packed` (decoder-only, `BackboneAdapter.collate_packed`): `input_ids` [N] are the
+        rows' tokens back to back and the layout holds their targets; no padding is computed.
         """
-        x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
-        return self.adapter.forward(self, x, labels, return_logits, target_only)
+        if packed is not None:
+            if attention_mask is not None or labels is not None or return_logits:
+                raise ValueError("a packed pass takes no attention_mask, labels or return_logits: "
+                                 "its layout holds the rows and their targets")
+            embeds, codes, vq_loss = self.embed_packed(input_ids, packed, task_ids, codes, prompt)
+            out = self.adapter.forward_packed(self, embeds, packed, target_only)
+        else:
+            x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
+            codes, vq_loss = x.codes, x.vq_loss
+            out = self.adapter.forward(self, x, labels, return_logits, target_only)
+        return self.target_output(out, vq_loss, codes)
+
+    def target_output(self, out: TargetLogits, vq_loss: torch.Tensor,
+                      codes: torch.Tensor | None) -> CTROutput:
+        """Token and row losses from an adapter's target logits (no host sync)."""
+        B, vq_loss = out.batch_size, vq_loss.float()
+        zero_rows = vq_loss.new_zeros(B)
+        if out.logits is None:  # no labels: the logits alone
+            z = vq_loss.new_zeros(())
+            return CTROutput(z, z, vq_loss, z, zero_rows, zero_rows, zero_rows.long(), codes,
+                             out.caller_logits)
+        token_loss = F.cross_entropy(out.logits.float(), out.targets, reduction="none")
+        per_ex = zero_rows.index_add(0, out.rows, token_loss)
+        counts = zero_rows.long().index_add(0, out.rows, torch.ones_like(out.rows))
+        total = token_loss.sum()
+        lm_loss = total / counts.sum().clamp(min=1)
+        return CTROutput(
+            loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,
+            token_loss_sum=total, example_loss=per_ex / counts.clamp(min=1),
+            example_loss_sum=per_ex, target_tokens=counts, codes=codes, logits=out.caller_logits)
 
     @property
     def seq2seq(self) -> bool:
@@ -274,31 +333,6 @@ class CTRModel(nn.Module):
         if cap:  # e.g. Gemma 2 caps its logits inside its forward
             logits = torch.tanh(logits / cap) * cap
         return logits
-
-    def _logits_only(self, x: PreparedInputs, hidden: torch.Tensor,
-                     logits: torch.Tensor | None) -> CTROutput:
-        z, zb = hidden.new_zeros(()), hidden.new_zeros(x.order.shape[0])
-        return CTROutput(z, z, x.vq_loss, z, zb, zb, zb.long(), x.codes, logits)
-
-    def _finish(self, logits: torch.Tensor, targets: torch.Tensor, vq_loss: torch.Tensor,
-                codes: torch.Tensor | None, caller_logits: torch.Tensor | None) -> CTROutput:
-        sel = targets != IGNORE
-        return self._finish_selected(logits[sel], targets, sel, vq_loss, codes, caller_logits)
-
-    def _finish_selected(self, token_logits: torch.Tensor, targets: torch.Tensor,
-                         sel: torch.Tensor, vq_loss: torch.Tensor, codes: torch.Tensor | None,
-                         caller_logits: torch.Tensor | None) -> CTROutput:
-        token_loss = F.cross_entropy(token_logits.float(), targets[sel], reduction="none")
-        rows = sel.nonzero()[:, 0]
-        per_ex = torch.zeros(targets.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
-        counts = sel.sum(1)
-        total = token_loss.sum()
-        lm_loss = total / counts.sum().clamp(min=1)
-        vq_loss = vq_loss.float()
-        return CTROutput(
-            loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,
-            token_loss_sum=total, example_loss=per_ex / counts.clamp(min=1),
-            example_loss_sum=per_ex, target_tokens=counts, codes=codes, logits=caller_logits)
 
     # ---- training helpers ------------------------------------------------------------
     def freeze_backbone(self, frozen: bool = True) -> None:
