@@ -161,6 +161,16 @@ class TrainConfig:
                                "passes of each new shape compile; weights and saves are unchanged")
     fused_adamw: Literal["auto", "yes", "no"] = opt(
         "auto", "AdamW's fused kernel (one kernel for all parameters): auto = on GPU")
+    # the training step's layout and host work (ctr.core.packing, ctr.train.step_batches)
+    packing: Literal["auto", "yes", "no"] = opt(
+        "auto", "the rows of a forward pass in one sequence without padding: each row after its "
+                "soft prompt, positions restarting per row, attention kept inside rows (loss and "
+                "gradients of the padded pass); auto = on where exact (decoder-only backbones with "
+                "SDPA attention, no sliding windows); seq2seq backbones keep padded batches")
+    pack_multiple: int = opt(64, "a packed sequence is padded at its end to a multiple of this "
+                                 "many positions (fewer distinct shapes for --compile and kernels)")
+    prefetch: int = opt(2, "steps whose batches a background thread samples and collates ahead "
+                           "(in pinned memory on GPU); 0: in the training loop")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
     projection_lr_scale: float | None = opt(
@@ -243,6 +253,10 @@ class TrainConfig:
             raise ValueError("--micro-batch-tokens with --dead-code-threshold: code usage decays once "
                              "per forward pass, and a token budget makes the pass count depend on the "
                              "lengths and the number of processes; cap passes by --micro-batch-size")
+        check_choice("--packing", self.packing, ("auto", "yes", "no"))
+        if self.pack_multiple < 1 or self.prefetch < 0:
+            raise ValueError(f"--pack-multiple must be >= 1 and --prefetch >= 0, got "
+                             f"{self.pack_multiple} and {self.prefetch}")
         if self.data_workers < 1:
             raise ValueError(f"--data-workers must be >= 1, got {self.data_workers}")
         if self.no_data_cache and any(p.endswith(".parquet") or os.path.isdir(p) for p in self.train_files):
