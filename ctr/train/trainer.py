@@ -264,6 +264,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         optimizer.zero_grad(set_to_none=True)
         if revival:  # revival vectors drawn from a per-step generator, alike on every process
             core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        if "step_end" in hooks:  # the step's work is queued (ctr.bench.throughput times it)
+            hooks["step_end"](step)
         logged = done % cfg.log_every == 0 or done == cfg.steps
 
         def record():  # built when logged: reads the losses and the gradient norm on the host

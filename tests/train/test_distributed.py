@@ -81,8 +81,10 @@ def runs(tiny_paths, tmp_path_factory):
     one["s2"] = train(TrainConfig(**c("one_s2", **s2)))
     lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
     one["lora"] = train(TrainConfig(**c("one_lora", **lora)))
-    # a token budget per forward pass: the two processes' shards plan different pass counts
-    tok = dict(s2, micro_batch_tokens=TOKEN_BUDGET)
+    # a token budget per forward pass: the two processes' shards plan different pass counts.
+    # Stage 2 with fresh codes (--joint): continuing one["s1"] would adopt its dead-code
+    # threshold, whose revival depends on the pass count (what --micro-batch-tokens refuses)
+    tok = dict(stage=2, joint=True, micro_batch_tokens=TOKEN_BUDGET)
     one["tok"] = train(TrainConfig(**c("one_tok", **tok)))
     one["tok_cfg"] = TrainConfig(**c("plan", micro_batch_tokens=TOKEN_BUDGET))
     cli = ["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
