@@ -24,10 +24,11 @@ def bench_config(args, out: Path, model: str, steps: int | None = None, **kw) ->
     steps = args.steps if steps is None else steps
     return TrainConfig(output_dir=str(out), model=model, stage=args.stage, joint=args.stage == 2,
                        preset="cpu-small", steps=steps + 2, batch_size=args.batch,
-                       micro_batch_size=args.micro, data_dir=args.data_dir, drop_single_answer=True,
+                       data_dir=args.data_dir, drop_single_answer=True,
                        max_source_len=args.max_source_len, max_target_len=args.max_target_len,
                        save_every=10 ** 9, log_every=10 ** 9, seed=args.seed,
-                       limit_examples=args.limit_examples, pack_multiple=args.pack_multiple, **kw)
+                       limit_examples=args.limit_examples, pack_multiple=args.pack_multiple,
+                       **{"micro_batch_size": args.micro, **kw})
 
 
 def timed_run(cfg: TrainConfig, timed: int) -> tuple[float, list[tuple[int, list[Encoded]]]]:
