@@ -1,6 +1,7 @@
 """The trainer's host overhead: its step time over the bare step of the same model on the
-same batches, on a tiny model (2 layers, width 64) where arithmetic is small and the host's
-work (sampling, collating, moving, accumulating, clipping, scheduling, logging) shows.
+same batches, on a tiny Llama (2 layers, width 64, the backbone's tokenizer) where arithmetic
+is small and the host's work (sampling, collating, moving, accumulating, clipping,
+scheduling, logging) shows.
 
 bare: the model `ctr train` builds, `model(**inputs)`, the backward of the trainer's loss
 and AdamW as the trainer makes it, on the trainer's passes collated beforehand and already
@@ -16,8 +17,6 @@ from pathlib import Path
 import torch
 
 from ctr.bench.train_runs import bench_config, sync, timed_run
-from ctr.core.adapter import adapter_for
-from ctr.core.backbone import load_backbone
 from ctr.core.testing import tiny_backbone
 from ctr.train.batching import collate
 from ctr.train.dataset_cache import open_training_data
@@ -26,9 +25,9 @@ from ctr.train.step_batches import resolve_packing
 from ctr.train.trainer import build_model, make_optimizer
 
 
-def save_tiny_like(tok, seq2seq: bool, path: Path) -> Path:
-    """A tiny random model of the backbone's family, with the backbone's tokenizer."""
-    model, _ = tiny_backbone("t5" if seq2seq else "llama", hidden=64, layers=2, vocab_size=len(tok))
+def save_tiny_llama(tok, path: Path) -> Path:
+    """A tiny random Llama with the backbone's tokenizer."""
+    model, _ = tiny_backbone("llama", hidden=64, layers=2, vocab_size=len(tok))
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -78,14 +77,13 @@ def bare_steps(cfg, passes, device: torch.device):
 
 def host_overhead(args: argparse.Namespace, tok, folder: Path) -> dict:
     """{"trainer_s", "bare_s", "ratio", ...} of the tiny model (see the module's doc)."""
-    backbone, _ = load_backbone(args.model)
-    path = save_tiny_like(tok, adapter_for(backbone).seq2seq, folder / "model")
+    path = save_tiny_llama(tok, folder / "model")
     cfg = lambda i: bench_config(args, folder / f"run{i}", str(path), steps=args.tiny_steps)
     trainer_s, passes = timed_run(cfg(0), args.tiny_steps)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bare = bare_steps(cfg(1), passes, device)
     bare_s = bare() + bare()
     trainer_s += timed_run(cfg(2), args.tiny_steps)[0]
-    return {"model": "tiny (2 layers, width 64, the backbone's tokenizer)", "timed_steps": 2 * args.tiny_steps,
+    return {"model": "tiny Llama (2 layers, width 64, the backbone's tokenizer)", "timed_steps": 2 * args.tiny_steps,
             "trainer_s": round(trainer_s, 4), "bare_s": round(bare_s, 4),
             "ratio": round(trainer_s / bare_s, 3)}

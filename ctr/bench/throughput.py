@@ -12,9 +12,8 @@ Runs go packed, grouped, sampled, sampled, grouped, packed (no position bias); s
 run is warm-up and steps 1..--steps are timed between two device syncs (the trainer logs no
 step in between, as on a long run's unlogged steps).
 
-host_overhead: a tiny model of the same family (2 layers, width 64, the backbone's tokenizer,
-so that arithmetic is small and the host's work shows) trained by `train` (packed where the
-backbone packs), over the bare forward + backward + AdamW step of the same model on the same
+host_overhead: a tiny Llama (2 layers, width 64, the backbone's tokenizer, so that arithmetic
+is small and the host's work shows) trained by `train` (packed passes), over the bare forward + backward + AdamW step of the same model on the same
 passes, collated beforehand (`ctr.bench.host_overhead`).
 
 The last line is `tokens_per_s=<packed> mfu=<packed> grouped_speedup=<sampled time / grouped

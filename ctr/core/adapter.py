@@ -7,11 +7,14 @@ asks its adapter (`CTRModel.adapter`) instead of branching on the architecture:
   prompt-format ids   input and target apart, each + EOS     one joined text, cut after the input
   collate             encoder input; labels = decoder input  input + target in one row, labels aligned
   loss (forward)      encoder-decoder pass on the labels     one pass; LM head on target positions
+  packed passes       no (padded batches)                    all rows in one sequence (ctr.core.packing)
   scoring             one encoder pass, decoder per choice   input KV cache, choices continue from it
   generation          right padded; drop the start token     left padded, explicit position ids
 
 The soft prompt itself goes in front of each row's real tokens in both
-(`CTRModel.embed_inputs`); the adapter says which side the padding goes to.
+(`CTRModel.embed_inputs`, `CTRModel.embed_packed`); the adapter says which side the padding
+goes to. A training pass returns its target logits (`TargetLogits`), from which `CTRModel`
+builds its output.
 """
 from __future__ import annotations
 
@@ -122,18 +125,9 @@ class BackboneAdapter(ABC):
         """Positions `collate` (or, `packed`, `collate_packed`) lays rows of these (source,
         target) lengths out on, all rows together, soft prompts and end padding left out."""
 
-    # whether rows can be packed into one sequence (`collate_packed`, `forward_packed`)
+    # whether rows can be packed into one sequence: then the adapter has `collate_packed`
+    # (input_ids [N] and the `packed` layout, ctr.core.packing) and `forward_packed`
     packs: bool = False
-
-    def collate_packed(self, sources: list[list[int]], targets: list[list[int]], prompt_len: int,
-                       multiple: int = 1) -> dict[str, Any]:
-        """input_ids [N] and the `packed` layout for `CTRModel.forward` (`ctr.core.packing`)."""
-        raise ValueError(f"{type(self).__name__}: this backbone's rows are not packed")
-
-    def forward_packed(self, model: CTRModel, embeds: torch.Tensor, packed: PackedRows,
-                       target_only: bool) -> TargetLogits:
-        """The target logits of a packed pass (embeds [1, S, H], `CTRModel.embed_packed`)."""
-        raise ValueError(f"{type(self).__name__}: this backbone's rows are not packed")
 
     def training_flops(self, backbone: PreTrainedModel, lengths: list[tuple[int, int]], prompt_len: int,
                        frozen: bool) -> float | None:
@@ -303,11 +297,13 @@ class DecoderOnlyAdapter(BackboneAdapter):
 
     def collate_packed(self, sources: list[list[int]], targets: list[list[int]], prompt_len: int,
                        multiple: int = 1) -> dict[str, Any]:
+        """input_ids [N] and the `packed` layout for `CTRModel.forward`."""
         ids, packed = pack_rows(sources, targets, prompt_len, multiple)
         return {"input_ids": ids, "packed": packed}
 
     def forward_packed(self, model: CTRModel, embeds: torch.Tensor, packed: PackedRows,
                        target_only: bool) -> TargetLogits:
+        """The target logits of a packed pass (embeds [1, S, H], `CTRModel.embed_packed`)."""
         use_packed_attention(model.backbone)  # row boundaries as transformers' flash kwargs
         cu, longest = packed.cu_seq_lens, packed.max_length
         hidden = model.body(inputs_embeds=embeds, position_ids=packed.position_ids[None],

@@ -249,27 +249,25 @@ class CTRModel(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         return PreparedInputs(embeds, mask, positions, codes, vq_loss, order, P)
 
-    def embed_packed(self, input_ids: torch.Tensor, packed: PackedRows,
-                     task_ids: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                     prompt: torch.Tensor | None = None
+    def embed_packed(self, input_ids: torch.Tensor, packed: PackedRows, task_ids: torch.Tensor | None = None,
+                     codes: torch.Tensor | None = None, prompt: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(embeds [1, S, H], codes, vq loss) of a packed pass: each row's soft prompt right
         before its first token, as `embed_inputs` puts it (`ctr.core.packing`)."""
+        if not self.adapter.packs:
+            raise ValueError(f"{type(self.adapter).__name__}: this backbone's rows are not packed")
+        if prompt is not None and (task_ids is not None or codes is not None):
+            raise ValueError("pass a prompt or a code/task id, not both")
         B = packed.rows
-        if prompt is not None:
-            if task_ids is not None or codes is not None:
-                raise ValueError("pass a prompt or a code/task id, not both")
-            prompt, vq_loss = prompt.expand(B, *prompt.shape[-2:]), prompt.new_zeros(())
-        else:
-            prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes)
+        prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes) if prompt is None else (
+            prompt.expand(B, *prompt.shape[-2:]), None, prompt.new_zeros(()))
         tokens = self.backbone.get_input_embeddings()(input_ids.reshape(-1))  # [N, H]
         P = 0 if prompt is None else prompt.shape[1]
         if P != packed.prompt_len:
             raise ValueError(f"the packed layout has {packed.prompt_len} prompt positions per row, "
                              f"the model's prompt {P}")
-        parts = [tokens, tokens.new_zeros(1, tokens.shape[-1])]  # the zero row feeds end padding
-        if P:
-            parts.insert(0, prompt.reshape(B * P, -1).to(tokens.device, tokens.dtype))
+        parts = [prompt.reshape(B * P, -1).to(tokens.dtype)] if P else []  # prompts, tokens, a zero
+        parts += [tokens, tokens.new_zeros(1, tokens.shape[-1])]  # row that end padding reads
         return torch.cat(parts).index_select(0, packed.layout)[None], codes, vq_loss
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -281,14 +279,13 @@ class CTRModel(nn.Module):
 
         seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
         target tokens and `labels` is aligned with them (IGNORE on source and padding).
-        With `target_only` the LM head runs on target positions only.
-        `packed` (decoder-only, `BackboneAdapter.collate_packed`): `input_ids` [N] are the
-        rows' tokens back to back and the layout holds their targets; no padding is computed.
+        With `target_only` the LM head runs on target positions only. `packed` (decoder-only,
+        `collate_packed`): `input_ids` [N] are the rows' tokens back to back, the layout holds
+        the rows and their targets, and no padding is computed.
         """
         if packed is not None:
             if attention_mask is not None or labels is not None or return_logits:
-                raise ValueError("a packed pass takes no attention_mask, labels or return_logits: "
-                                 "its layout holds the rows and their targets")
+                raise ValueError("a packed pass takes no attention_mask, labels or return_logits")
             embeds, codes, vq_loss = self.embed_packed(input_ids, packed, task_ids, codes, prompt)
             out = self.adapter.forward_packed(self, embeds, packed, target_only)
         else:
@@ -300,16 +297,13 @@ class CTRModel(nn.Module):
     def target_output(self, out: TargetLogits, vq_loss: torch.Tensor,
                       codes: torch.Tensor | None) -> CTROutput:
         """Token and row losses from an adapter's target logits (no host sync)."""
-        B, vq_loss = out.batch_size, vq_loss.float()
-        zero_rows = vq_loss.new_zeros(B)
+        vq_loss = vq_loss.float()
+        zero_rows, z = vq_loss.new_zeros(out.batch_size), vq_loss.new_zeros(())
         if out.logits is None:  # no labels: the logits alone
-            z = vq_loss.new_zeros(())
-            return CTROutput(z, z, vq_loss, z, zero_rows, zero_rows, zero_rows.long(), codes,
-                             out.caller_logits)
+            return CTROutput(z, z, vq_loss, z, zero_rows, zero_rows, zero_rows.long(), codes, out.caller_logits)
         token_loss = F.cross_entropy(out.logits.float(), out.targets, reduction="none")
-        per_ex = zero_rows.index_add(0, out.rows, token_loss)
+        per_ex, total = zero_rows.index_add(0, out.rows, token_loss), token_loss.sum()
         counts = zero_rows.long().index_add(0, out.rows, torch.ones_like(out.rows))
-        total = token_loss.sum()
         lm_loss = total / counts.sum().clamp(min=1)
         return CTROutput(
             loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,

@@ -142,3 +142,20 @@ def test_divergence_between_reads_names_the_steps(tiny_paths, task_file, tmp_pat
         train(cfg, hooks={"after_forward": poison})
     assert (tmp_path / "run" / "checkpoint-0000003").exists()  # saved before the bad step
     assert not (tmp_path / "run" / "checkpoint-0000006").exists()  # read first, never saved
+
+
+def test_compiled_packed_passes_do_not_recompile_every_step(tiny_paths, task_file, tmp_path, monkeypatch):
+    """--compile with packed passes (padded to a multiple of --pack-multiple, dynamic shapes):
+    after the first steps no step traces a new graph. AOT autograd without code generation."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from ctr.train import trainer
+    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    graphs = {}
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
+                      train_files=[str(task_file)], code_length=3, codebook_size=8, steps=6,
+                      compile=True, pack_multiple=16, save_every=100)
+    train(cfg, hooks={"step_end": lambda step: graphs.__setitem__(step, counters["stats"]["unique_graphs"])})
+    assert graphs[0] >= 1 and graphs[5] == graphs[2], graphs
+    torch._dynamo.reset()
