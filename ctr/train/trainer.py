@@ -268,16 +268,16 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             hooks["step_end"](step)
         logged = done % cfg.log_every == 0 or done == cfg.steps
 
-        def record():  # built when logged: reads the losses and the gradient norm on the host
+        def log_step():  # reads the losses (every process: reduced over all) and the grad norm
             nonlocal losses
             losses = losses or stats.read(step, last_good, updated=True)
             bar.set_postfix(loss=f"{losses['loss']:.3f}", vq=f"{losses['vq_loss']:.3f}")
-            return step_record(done, losses, scheduler.get_last_lr()[0], grad_norm, clock.lap(done),
-                               batch.n_inputs, decided, core, revival)
-        if logged:
-            rec = record()  # every process: the losses are reduced over all of them
             if acc.is_main_process:
-                append_jsonl(out / "metrics.jsonl", rec)
+                append_jsonl(out / "metrics.jsonl", step_record(
+                    done, losses, scheduler.get_last_lr()[0], grad_norm, clock.lap(done),
+                    batch.n_inputs, decided, core, revival))
+        if logged:
+            log_step()
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -291,9 +291,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             return out
         if budget.out_of_time(done, core):  # ends with final/ inside --max-minutes
             if not logged:  # the last step is always in metrics.jsonl
-                rec = record()
-                if acc.is_main_process:
-                    append_jsonl(out / "metrics.jsonl", rec)
+                log_step()
             break
     acc.wait_for_everyone()
     final = out / "final"
