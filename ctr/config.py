@@ -74,6 +74,22 @@ class CTRConfig:
     kmeans_init: bool = opt(False, "initialise the codebook by k-means on the task encodings")
     dead_code_threshold: float = opt(
         0.0, "revive codes whose EMA usage falls below this (0 = off)")
+    quantize_all_tasks: bool = opt(
+        False, "training quantises every task's encoding at every step, not only the batch's: "
+               "the VQ loss, the codebook update and dead-code revival see all tasks (the codes "
+               "depend on the task only, so this is T x L vectors a step)")
+    value_offsets: bool = opt(
+        False, "quantizer=ema: each value also has an offset that the LM loss trains, added to its "
+               "centroid in the prompt (the centroids alone, an EMA k-means of the tasks, decide "
+               "the codes); a revived value's offset starts at 0")
+    rotation_trick: bool = opt(
+        False, "gradients reach the encodings through the rotation trick (Fifty et al. 2024, "
+               "vector-quantize-pytorch) instead of straight through (paper)")
+    code_entropy_weight: float = opt(
+        0.0, "weight of a code-usage term: minus the entropy of the tasks' mean soft assignment "
+             "to the codebook, per position (0 = off)")
+    code_entropy_temperature: float = opt(
+        1.0, "distance scale of the soft assignment of --code-entropy-weight")
     placement: Literal["prefix"] = opt("prefix", "where the soft prompt goes: before the input")
     use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
     target_delimiter: str = opt(
@@ -97,6 +113,9 @@ class CTRConfig:
         if self.codebook_lm_grad and self.quantizer != "plain":
             raise ValueError("codebook_lm_grad needs quantizer='plain' (the EMA codebook is not "
                              "trained by gradients)")
+        if self.value_offsets and self.quantizer != "ema":
+            raise ValueError("value_offsets needs quantizer='ema' (the plain codebook learns its "
+                             "values itself: codebook_lm_grad)")
         for name in ("code_length", "codebook_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -162,15 +181,9 @@ class TrainConfig:
     fused_adamw: Literal["auto", "yes", "no"] = opt(
         "auto", "AdamW's fused kernel (one kernel for all parameters): auto = on GPU")
     # the training step's layout and host work (ctr.core.packing, ctr.train.step_batches)
-    packing: Literal["auto", "yes", "no"] = opt(
-        "auto", "the rows of a forward pass in one sequence without padding: each row after its "
-                "soft prompt, positions restarting per row, attention kept inside rows (loss and "
-                "gradients of the padded pass); auto = on where exact (decoder-only backbones with "
-                "SDPA attention, no sliding windows); seq2seq backbones keep padded batches")
-    pack_multiple: int = opt(64, "a packed sequence is padded at its end to a multiple of this "
-                                 "many positions (fewer distinct shapes for --compile and kernels)")
-    prefetch: int = opt(2, "steps whose batches a background thread samples and collates ahead "
-                           "(in pinned memory on GPU); 0: in the training loop")
+    packing: Literal["auto", "yes", "no"] = opt("auto", "the rows of a pass in one sequence, no padding (auto: where exact)")
+    pack_multiple: int = opt(64, "a packed sequence is end-padded to a multiple of this many positions")
+    prefetch: int = opt(2, "steps whose batches a thread samples and collates ahead (0: in the loop)")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
     projection_lr_scale: float | None = opt(
@@ -194,9 +207,27 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = opt("auto", "auto: bf16 on GPU, fp32 on CPU")
     code_length: int = opt(10, "CTR code length L")
     codebook_size: int = opt(128, "CTR codebook size K")
-    quantizer: Literal["plain", "ema"] = opt("plain", "quantizer variant")
-    kmeans_init: bool = opt(False, "k-means codebook init from the task encodings")
-    dead_code_threshold: float = opt(0.0, "dead-code revival threshold (0 = off)")
+    codebook_recipe: Literal["paper", "prompt", "stable"] | None = opt(
+        None, "how the codebook is built and learns (each option below overrides its part): "
+              "paper = the authors' module; prompt = code values start as token embeddings and "
+              "are the prompt, trained by the LM loss; stable = prompt's start, every task "
+              "quantised each step, EMA codebook, revival from every task (default of the "
+              "presets meant for long runs; see docs)")
+    quantizer: Literal["plain", "ema"] | None = opt(None, "quantizer variant (recipe)")
+    kmeans_init: bool | None = opt(None, "k-means codebook init from the task encodings (recipe)")
+    dead_code_threshold: float | None = opt(None, "dead-code revival threshold, 0 = off (recipe)")
+    quantize_all_tasks: bool | None = opt(
+        None, "quantise every task's encoding at every step: VQ loss, codebook update and "
+              "dead-code revival see all tasks, not only the batch's (recipe)")
+    value_offsets: bool | None = opt(
+        None, "--quantizer ema: LM-trained offsets added to the centroids in the prompt (recipe)")
+    rotation_trick: bool | None = opt(None, "gradients through the quantizer by the rotation trick (recipe)")
+    code_entropy_weight: float | None = opt(None, "weight of the code-usage entropy term, 0 = off (recipe)")
+    code_entropy_temperature: float | None = opt(None, "distance scale of the code-usage term (recipe)")
+    codebook_warmup_steps: int | None = opt(
+        None, "stage 1: the first N steps train continuous task prompts (the encodings, decoded, "
+              "no codebook); then the codebook is set by k-means on every task's encoding and "
+              "quantisation starts; 0 = quantise from the first step (recipe)")
     task_init: Literal["random", "description"] = opt("random", "task-embedding init")
     beta: float | None = opt(None, "commitment loss weight (preset)")
     vq_weight: float | None = opt(None, "weight of the VQ loss in the total loss (preset)")
@@ -249,14 +280,6 @@ class TrainConfig:
                              "frozen LM in eval mode, where checkpointing does nothing")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
-        if self.micro_batch_tokens and self.dead_code_threshold > 0:
-            raise ValueError("--micro-batch-tokens with --dead-code-threshold: code usage decays once "
-                             "per forward pass, and a token budget makes the pass count depend on the "
-                             "lengths and the number of processes; cap passes by --micro-batch-size")
-        check_choice("--packing", self.packing, ("auto", "yes", "no"))
-        if self.pack_multiple < 1 or self.prefetch < 0:
-            raise ValueError(f"--pack-multiple must be >= 1 and --prefetch >= 0, got "
-                             f"{self.pack_multiple} and {self.prefetch}")
         if self.data_workers < 1:
             raise ValueError(f"--data-workers must be >= 1, got {self.data_workers}")
         if self.no_data_cache and any(p.endswith(".parquet") or os.path.isdir(p) for p in self.train_files):
@@ -277,14 +300,21 @@ class TrainConfig:
         self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
+        self.codebook_recipe = self.codebook_recipe or PRESET_RECIPES[self.preset]
+        check_choice("--codebook-recipe", self.codebook_recipe, tuple(CODEBOOK_RECIPES))
         if self.quantizer == "ema" and self.codebook_lm_grad:
             raise ValueError("--codebook-lm-grad needs --quantizer plain (the EMA codebook is not "
                              "trained by gradients)")
         if self.quantizer == "ema" and self.codebook_lm_grad is None:
-            self.codebook_lm_grad = False  # the preset's recipe minus what EMA cannot do
-        for k, v in {**MODEL_PRESETS[self.preset], **PRESETS[self.preset][self.stage]}.items():
+            self.codebook_lm_grad = False  # the recipe minus what EMA cannot do
+        for k, v in {**CODEBOOK_RECIPES[self.codebook_recipe], **PRESETS[self.preset][self.stage]}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+        if self.micro_batch_tokens and self.dead_code_threshold > 0 and not self.quantize_all_tasks:
+            raise ValueError("--micro-batch-tokens with --dead-code-threshold: code usage decays once "
+                             "per forward pass, and a token budget makes the pass count depend on the "
+                             "lengths and the number of processes; cap passes by --micro-batch-size "
+                             "(or quantise every task: --quantize-all-tasks counts once per step)")
         if self.encoder_lr_scale is None and self.encoder_init == "spread" and self.stage == 1:
             self.encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
         if self.batch_size % self.micro_batch_size:
@@ -297,24 +327,37 @@ class TrainConfig:
 SPREAD_ENCODER_LR_SCALE = 0.002
 # Options of the CTR module that `ctr train` passes to CTRConfig as they are.
 MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
+              "quantize_all_tasks", "value_offsets", "rotation_trick", "code_entropy_weight",
+              "code_entropy_temperature",
               "task_init", "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
               "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
               "codebook_lm_grad")
+# The authors' CTR module and VQ: random projections, a uniform codebook that only the VQ
+# loss moves, the batch's tasks quantised.
 PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
                    codebook_init="uniform", decoder_init="random", encoder_init="random",
-                   codebook_lm_grad=False)
-# The CPU presets' recipe (results/stage1_diagnosis/cpu/): code values start as token
-# embeddings and are the soft prompt itself (identity decoder), and the LM loss trains them
-# directly, so a frozen LM's prompt learns at the speed of prompt tuning.
-CPU_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity", encoder_init="spread",
-                 codebook_lm_grad=True)
-# The CTR module per preset; explicit flags override them. See README "Why the CPU presets".
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": PAPER_MODEL,
-    "cpu-small": CPU_MODEL,
-    "cpu-demo": CPU_MODEL,
-    "tiny": PAPER_MODEL,
-}
+                   codebook_lm_grad=False, quantizer="plain", kmeans_init=False,
+                   dead_code_threshold=0.0, quantize_all_tasks=False, value_offsets=False,
+                   rotation_trick=False, code_entropy_weight=0.0, code_entropy_temperature=1.0,
+                   codebook_warmup_steps=0)
+# Code values start as token embeddings and are the soft prompt itself (identity decoder),
+# each task starts on its own code, and the LM loss trains the values directly, so a frozen
+# LM's prompt learns at the speed of prompt tuning (results/stage1_diagnosis/cpu/). Over a
+# few hundred steps the encodings drift together and the codebook collapses onto a few
+# values (results/codebook_proxy/).
+PROMPT_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity", encoder_init="spread",
+                    codebook_lm_grad=True)
+# The prompt recipe's start with a codebook that follows the tasks: every task's encoding is
+# quantised at every step, the codebook is an EMA k-means of them, and values no task uses
+# are revived on a task's encoding (results/codebook_proxy/).
+STABLE_MODEL = dict(PROMPT_MODEL, codebook_lm_grad=False, quantizer="ema", quantize_all_tasks=True,
+                    dead_code_threshold=1.0)
+CODEBOOK_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": PAPER_MODEL, "prompt": PROMPT_MODEL, "stable": STABLE_MODEL}
+# The recipe of each preset (--codebook-recipe overrides it, each flag overrides its part):
+# presets meant for long runs train the stable codebook; the short CPU demo and the tests'
+# tiny runs keep theirs.
+PRESET_RECIPES = {"paper": "stable", "cpu-small": "stable", "cpu-demo": "prompt", "tiny": "paper"}
 
 # Stage-dependent hyper-parameters; explicit flags override them.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {

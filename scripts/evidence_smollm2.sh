@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The evidence table of "Make the codes matter", item 3 (results/evidence/): on SmolLM2-135M, CPU,
-# seeds 0 and 1, held-out tasks the 20-task mixture of results/stage1_cpu_recipe makes reachable,
+# The evidence table, do the codes matter? (results/evidence/): on SmolLM2-135M, CPU, seeds 0
+# and 1, held-out tasks the 20-task mixture `near20` (ctr.tasks.named_mixtures) makes reachable,
 # every column at the same training budget:
 #   backbone | multi-task prompted baseline (--stage 2 --no-codes) | CTR stage-1 zero-label |
 #   CTR stage-2 zero-label | CTR few-shot (Bitwise, 32 shots, 25% held out) | discrete only | prompt tuning
@@ -59,16 +59,8 @@ for p in $PAIRS; do
 done
 has_pair() { [[ " $PAIRS " == *" $1 "* ]]; }
 
-# The 20-task mixture of results/stage1_cpu_recipe/cpu/run.sh (9 amazon_polarity, 7 ag_news, 4 glue_qqp).
-MIX="ag_news_classify ag_news_classify_question_first ag_news_classify_with_choices
-ag_news_classify_with_choices_question_first ag_news_recommend ag_news_which_section
-ag_news_which_section_choices amazon_polarity_Is_this_product_review_positive
-amazon_polarity_Is_this_review amazon_polarity_Is_this_review_negative
-amazon_polarity_User_recommend_this_product amazon_polarity_convey_negative_or_positive_sentiment
-amazon_polarity_flattering_or_not amazon_polarity_negative_or_positive_tone
-amazon_polarity_user_satisfied amazon_polarity_would_you_buy glue_qqp_answer glue_qqp_duplicate
-glue_qqp_duplicate_or_not glue_qqp_meaning"
-MIX=$(echo $MIX)
+# The 20-task mixture near20 (9 amazon_polarity, 7 ag_news, 4 glue_qqp templates).
+MIX=$($PY -m ctr.tasks.named_mixtures near20)
 LODO_MIX=$(for t in $MIX; do [ -n "$LODO_DROP" ] && [[ $t == "$LODO_DROP"* ]] || echo "$t"; done | xargs)
 # TREC: the 5 coarse-label templates (the two fine-grained ones have 47 answer choices and another label)
 TREC_TEMPLATES="pick_the_best_descriptor trec1 trec2 what_category_best_describe which_category_best_describes"
@@ -112,6 +104,12 @@ train_flags() {  # train_flags SEED TASKS...: the recipe of results/stage1_cpu_r
         --mixing balanced --max-source-len 128 --max-target-len 8 --save-every $SAVE --resume
         --seed $seed $LIMIT --tasks $*"
 }
+free_flags() {  # free_flags SEED TASKS...: the same data, steps and batch for `ctr free-prompts`
+  local seed=$1; shift
+  echo "--model $MODEL --steps $STEPS --batch-size $BATCH --mixing balanced --max-source-len 128
+        --max-target-len 8 --lr 1e-2 --warmup-steps 10 --probe-batches $PROBE --seed $seed $LIMIT
+        --tasks $*"
+}
 
 # ---- columns of one held-out task for one training pair ----------------------------------------
 columns() {  # columns SEED PAIR_DIR TASK HAS_S2
@@ -123,9 +121,9 @@ columns() {  # columns SEED PAIR_DIR TASK HAS_S2
   step "seed$s ${P##*/} $t zero-label stage 1" "$D/zl_s1/results.json" \
     $CTR zero-label --checkpoint "$P/s1" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
     --max-templates $ZL_T --output-dir "$D/zl_s1"
-  if [ -d "$P/free_s1" ]; then
+  if [ -d "$P/free/final" ]; then
     step "seed$s ${P##*/} $t zero-label free prompts" "$D/zl_free/results.json" \
-      $CTR zero-label --checkpoint "$P/free_s1" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
+      $CTR zero-label --checkpoint "$P/free" $SCOPE $am --seed "$s" --n-inputs $ZL_INPUTS \
       --max-templates $ZL_T --output-dir "$D/zl_free"
   fi
   if [ "$has_s2" = 1 ]; then
@@ -160,13 +158,10 @@ for S in $SEEDS; do
     step "seed$S main stage 2" "$M/s2/final/ctr_config.json" \
       $CTR train --stage 2 --init-from "$M/s1" $(train_flags "$S" $MIX) --output-dir "$M/s2"
     # 1b. the ceiling of stage 1: one free 10-vector prompt per training task (multi-task prompt tuning
-    #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch; scripts/diagnose_stage1.py),
-    #     wrapped as a CTR folder so that `ctr zero-label` scores it like the codes
-    step "seed$S main free prompts" "$M/free/prompts.pt" \
-      $PY scripts/diagnose_stage1.py --mode free --lr 1e-2 --seed "$S" --steps $STEPS --batch $BATCH \
-      --probe-batches $PROBE --model "$MODEL" --tasks $MIX --out "$M/free"
-    step "seed$S main free prompts as a CTR folder" "$M/free_s1/ctr_config.json" \
-      $PY scripts/free_prompts_to_ctr.py "$M/free/prompts.pt" "$M/free_s1" --model "$MODEL"
+    #     of the frozen LM, lr 1e-2, same tasks, sampler, steps and batch), saved as a CTR model
+    #     so that `ctr zero-label` scores it like the codes
+    step "seed$S main free prompts" "$M/free/final/ctr_config.json" \
+      $CTR free-prompts $(free_flags "$S" $MIX) --output-dir "$M/free"
     # 2. the held-out tasks of the main mixture
     for T in $MAIN_TASKS; do
       backbone "$S" "$T"

@@ -36,7 +36,7 @@ done_ results/bench_search/cpu/bench_search.json || \
 done_ $R/t0_zeroshot_rest_cpu/results.json || \
 $CTR eval --model smollm2 --tasks anli_r2 anli_r3 winogrande_winogrande_xl story_cloze_2016 hellaswag \
   --max-examples 20 --max-templates 5 --output-dir $R/t0_zeroshot_rest_cpu
-# 7. near-transfer suite (issue 5): backbone, multi-task baseline (same budget as step 1, no codes),
+# 7. near-transfer suite: backbone, multi-task baseline (same budget as step 1, no codes),
 #    CTR zero-label, few-shot and prompt tuning, on 50 examples x first 2 templates (~40 min)
 done_ $R/mt_smollm2/final/ctr_config.json || \
 $CTR train --stage 2 --no-codes --preset cpu-small --steps 120 --batch-size 8 --micro-batch-size 8 \
@@ -54,7 +54,7 @@ $CTR zero-label --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 2 --n-inpu
 done_ $R/near_cpu/few_shot/results.json || \
 $CTR few-shot --checkpoint $R/s1_smollm2 $NEAR --eval-max-templates 2 --shots 8 --values seen --max-sweeps 1 \
   --max-templates 1 --prompt-tuning --prompt-steps 40 --output-dir $R/near_cpu/few_shot
-# 8. selection-protocol audit (issue 5): ours vs --protocol authors, T0 and near tasks (~40 min)
+# 8. selection-protocol audit: ours vs --protocol authors, T0 and near tasks (~40 min)
 done_ $R/audit_cpu_t0/audit.json || \
 $CTR audit --checkpoint $R/s1_smollm2 --tasks $TASKS --n-inputs 16 --shots 8 --max-templates 1 \
   --eval-max-templates 2 --max-examples 40 --output-dir $R/audit_cpu_t0

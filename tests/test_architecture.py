@@ -57,11 +57,28 @@ def test_strongly_connected_finds_a_planted_circle():
     assert [c for c in strongly_connected(g) if len(c) > 1] == [{"p.a", "p.b", "p.c"}]
 
 
+def import_circles(package: str) -> list[set[str]]:
+    """The import circles of a package. Type-only imports (`if TYPE_CHECKING:`) count: a
+    circle through them is still two modules that cannot be understood one without the other.
+    A package's __init__ re-exporting its children is not a circle of the code itself."""
+    graph = grimp.build_graph(package, exclude_type_checking_imports=False)
+    return [c for c in strongly_connected(graph) if len(c) > 1 and not any(
+        m == package or m.endswith("__init__") for m in c)]
+
+
+def test_a_type_only_import_circle_is_found(tmp_path, monkeypatch):
+    pkg = tmp_path / "typeonly_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typeonly_pkg.b import B\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from typeonly_pkg.a import A\nclass B: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_circles("typeonly_pkg") == [{"typeonly_pkg.a", "typeonly_pkg.b"}]
+
+
 def test_no_import_circle():
-    graph = grimp.build_graph("ctr", exclude_type_checking_imports=True)  # type-only: no runtime circle
-    # a package's __init__ re-exporting its children is not a circle of the code itself
-    circles = [c for c in strongly_connected(graph) if len(c) > 1 and not any(
-        m == "ctr" or m.endswith("__init__") for m in c)]
+    circles = import_circles("ctr")
     assert not circles, f"import circles: {circles}"
 
 

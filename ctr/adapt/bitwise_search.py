@@ -7,8 +7,8 @@ strictly drops; stop after a sweep without a change or `max_sweeps`.
 
 The search is written against an objective over a *batch* of codes, so all values of a
 position are scored together (`ShotObjective` packs codes x shots into shared forward
-passes). `reference_search` is the authors' loop, one code per call, kept for the
-benchmark. The trajectory goes to JSONL after every position; a rerun with the same
+passes); called one code at a time it is the authors' loop (`ctr.bench.search` times the
+two, tests/adapt/test_bitwise_search.py checks them against a loop written independently). The trajectory goes to JSONL after every position; a rerun with the same
 settings replays it and continues where it stopped. Its start record holds a fingerprint
 of everything the recorded steps depend on (start candidates, values per position,
 seed, and the objective's own fingerprint); a rerun with other settings starts fresh and
@@ -162,14 +162,6 @@ def bitwise_search(objective: Objective, starts: Sequence[Sequence[int]],
         if not changed:
             break
     return SearchResult(list(code), obj, list(start["code"]), start["objective"], sweeps, evals, log)
-
-
-def reference_search(objective: Objective, starts: Sequence[Sequence[int]],
-                     values: Sequence[Sequence[int]], max_sweeps: int = 20, seed: int = 0
-                     ) -> SearchResult:
-    """The authors' loop: the same search, scoring one candidate code per call."""
-    one_at_a_time: Objective = lambda codes: [objective([c])[0] for c in codes]
-    return bitwise_search(one_at_a_time, starts, values, max_sweeps, seed)
 
 
 @dataclass

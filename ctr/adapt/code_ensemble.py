@@ -1,31 +1,44 @@
-"""Code Ensemble (zero-label selection): the candidate code whose answers agree most with
-the candidates' majority vote.
+"""Code Ensemble (zero-label selection) and its options: the candidate code whose answers
+agree most with the candidates' majority vote.
 
 Every (candidate, template, unlabelled input) is scored in batched passes; each input gets
 a pseudo-label by majority vote over the candidates (or mean probability); the candidate
 that agrees most with the pseudo-labels wins. Labels are never read: inputs are rendered
 through the label-free path (`render_prompts`, which only sees an example's non-label
 fields). `--protocol authors` adds the released code's gold-label filter, for audits only.
+`ctr zero-label` (`ctr.adapt.zero_label`) runs it over tasks and evaluates the chosen codes.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ctr.adapt.authors_protocol import authors_gold_indices, distribution_distance, gold_distribution
-from ctr.adapt.common import selection_templates
+from ctr.adapt.common import AdaptCommon, selection_templates
+from ctr.config import opt
 from ctr.core.model import CTRModel
 from ctr.inference.scoring import RankScorer, ScoreRequest, tokenize_request
 from ctr.tasks.registry import get_task, render_prompts
 from ctr.tasks.splits import AdaptSplit
 from ctr.tasks.templates import RenderError
 
-if TYPE_CHECKING:
-    from ctr.adapt.zero_label import ZeroLabelConfig
+@dataclass
+class ZeroLabelConfig(AdaptCommon):
+    """Options of the Code Ensemble and of `ctr zero-label`."""
+
+    n_inputs: int = opt(32, "unlabelled inputs used for selection")
+    vote: Literal["majority", "mean_prob"] = opt("majority", "how pseudo-labels are formed")
+    degenerate_threshold: float | None = opt(
+        None, "drop candidates that give one answer to more than this fraction of inputs")
+    authors_max_distance: float = opt(
+        0.25, "--protocol authors only: drop candidates whose predicted answer shares lie further "
+              "than this (total variation) from the gold label shares")
+    output_dir: str = opt("runs/zero_label", "where selection and evaluation results go")
 
 
-def select_code(model: CTRModel, task_name: str, cfg: "ZeroLabelConfig",
+def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
                 candidates: list[tuple[list[int], list[str]]], scorer: RankScorer,
                 split: AdaptSplit | None = None) -> dict[str, Any]:
     """`split`: the selection inputs, when the caller has drawn them already (the audit)."""

@@ -13,6 +13,13 @@ from ctr.adapt.bitwise_search import Shot
 from ctr.core.model import CTRModel
 
 
+def token_embedding_rows(model: CTRModel, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n rows [n, H] of the backbone's token embeddings, drawn at random: where a prompt of the
+    LM's own input scale starts."""
+    emb = model.backbone.get_input_embeddings().weight.detach()
+    return emb[torch.randint(emb.shape[0], (n,), generator=generator).to(emb.device)].clone()
+
+
 def tune_prompt(model: CTRModel, shots: list[Shot], length: int, steps: int = 50, lr: float = 3e-3,
                 init_code: list[int] | None = None, seed: int = 0, batch_size: int = 8) -> torch.Tensor:
     if not shots:
@@ -22,8 +29,7 @@ def tune_prompt(model: CTRModel, shots: list[Shot], length: int, steps: int = 50
         if init_code is not None and model.config.use_codes:
             init = model.soft_prompt(1, codes=torch.tensor([init_code]))[0][0]
         else:
-            emb = model.backbone.get_input_embeddings().weight
-            init = emb[torch.randint(emb.shape[0], (length,), generator=g)]
+            init = token_embedding_rows(model, length, g)
     prompt = torch.nn.Parameter(init.detach().clone().float())
     opt = torch.optim.AdamW([prompt], lr=lr, weight_decay=0.0)
     was_training = model.training

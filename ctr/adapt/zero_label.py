@@ -1,34 +1,23 @@
 """Zero-label adaptation (`ctr zero-label`): Code Ensemble per task, then evaluation.
 
-The selection itself is `ctr.adapt.code_ensemble.select_code`; this module runs it over
-the tasks, writes codes.json (with the evaluation indices selection used, kept out of
-`ctr eval`) and evaluates the chosen codes.
+The selection and its options are `ctr.adapt.code_ensemble` (`select_code`,
+`ZeroLabelConfig`, importable from here too); this module runs it over the tasks, writes
+codes.json (with the evaluation indices selection used, kept out of `ctr eval`) and
+evaluates the chosen codes.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from ctr.adapt.code_ensemble import select_code
-from ctr.adapt.common import AdaptCommon, prepare_adaptation
-from ctr.config import opt
+from ctr.adapt.code_ensemble import ZeroLabelConfig, select_code
+from ctr.adapt.common import prepare_adaptation
 from ctr.core.codes import codes_file_content
 from ctr.fileio import write_json
 from ctr.provenance import provenance
 from ctr.inference.evaluate import evaluate, markdown_table
 
-
-@dataclass
-class ZeroLabelConfig(AdaptCommon):
-    n_inputs: int = opt(32, "unlabelled inputs used for selection")
-    vote: Literal["majority", "mean_prob"] = opt("majority", "how pseudo-labels are formed")
-    degenerate_threshold: float | None = opt(
-        None, "drop candidates that give one answer to more than this fraction of inputs")
-    authors_max_distance: float = opt(
-        0.25, "--protocol authors only: drop candidates whose predicted answer shares lie further "
-              "than this (total variation) from the gold label shares")
-    output_dir: str = opt("runs/zero_label", "where selection and evaluation results go")
+__all__ = ["ZeroLabelConfig", "run_zero_label", "select_code"]
 
 
 def run_zero_label(cfg: ZeroLabelConfig) -> dict[str, Any]:

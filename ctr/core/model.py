@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,10 +18,11 @@ from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
 from ctr.core.backbone import load_backbone
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
+from ctr.core.outputs import CTROutput, target_output
 from ctr.core.packing import PackedRows
 from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
-from ctr.core.quantizer import CodeQuantizer
+from ctr.core.quantizer import CodeQuantizer, seeded
 
 CONFIG_FILE = "ctr_config.json"
 WEIGHTS_FILE = "ctr_weights.safetensors"
@@ -33,19 +33,6 @@ BACKBONE_DIR = "backbone"
 def read_config(folder: str | Path) -> CTRConfig:
     """The CTRConfig of a saved CTR model folder (its ctr_config.json)."""
     return CTRConfig.from_dict(read_json(Path(folder) / CONFIG_FILE))
-
-
-@dataclass
-class CTROutput:
-    loss: torch.Tensor  # lm_loss + vq_weight * vq_loss
-    lm_loss: torch.Tensor  # mean token cross-entropy of the targets in this batch
-    vq_loss: torch.Tensor
-    token_loss_sum: torch.Tensor  # summed target-token loss (for exact accumulation)
-    example_loss: torch.Tensor  # [B] mean token loss per example
-    example_loss_sum: torch.Tensor  # [B] summed token loss per example
-    target_tokens: torch.Tensor  # [B] target tokens per example
-    codes: torch.Tensor | None  # [B, L]
-    logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
 
 
 @dataclass
@@ -130,7 +117,7 @@ class CTRModel(nn.Module):
         T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
         values = torch.randperm(K * (T * L // K + 1)) % K  # each value (T * L / K) times
         codes = values[:T * L].reshape(T, L)
-        book = self.quantizer.weight.detach().float()
+        book = self.quantizer.centers.detach().float()
         pinv = torch.linalg.pinv(self.task_embedding.weight.detach().float())  # [E, T]
         return torch.stack([pinv @ book[codes[:, i].to(book.device)] for i in range(L)])
 
@@ -196,17 +183,36 @@ class CTRModel(nn.Module):
                                         f"task_ids must lie in [0, {self.config.num_tasks})")
                 except RuntimeError as e:
                     raise ValueError(str(e)) from None
-            z = self.encode_tasks(task_ids)
-            out = self.quantizer(z)
-            q, codes, vq_loss = out.quantized, out.codes, out.loss
-            if self.config.codebook_lm_grad:
-                # forward: the codebook vectors; backward: the LM gradient reaches them and,
-                # straight through, the task encoding z (paper: z only)
-                q = self.quantizer.lookup(codes) + (z - z.detach())
+            q, codes, vq_loss = self._quantize_tasks(task_ids)
         else:
             codes = self.check_codes(codes, batch_size)
             q, vq_loss = self.quantizer.lookup(codes), zero
         return self.decoder(q), codes, vq_loss
+
+    def _quantize_tasks(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(quantized vectors [B, L, D], codes [B, L], VQ loss) of training tasks.
+
+        In training with `quantize_all_tasks`, every task is encoded and quantised and the
+        batch's rows are taken from that (the VQ loss is every task's). While the codebook
+        warms up (the trainer sets `quantizer.quantizing` False) the encodings themselves
+        are the prompt vectors, and the codes are only reported."""
+        if not self.quantizer.quantizing:  # codebook warm-up: the encodings are the prompt
+            z = self.encode_tasks(task_ids)
+            return z, self.quantizer.nearest(z), z.new_zeros(())
+        complete = self.config.quantize_all_tasks and self.training
+        z = self.encode_tasks(torch.arange(self.config.num_tasks, device=task_ids.device)
+                              if complete else task_ids)
+        out = self.quantizer(z, complete=complete)
+        q, codes = out.quantized, out.codes
+        if complete:
+            z, q, codes = z[task_ids], q[task_ids], codes[task_ids]
+        if self.config.codebook_lm_grad:
+            # forward: the codebook vectors; backward: the LM gradient reaches them and the
+            # task encoding z (straight through, or rotated: `quantizer.through`). Paper: z only
+            w = self.quantizer.lookup(codes)
+            q = w - w.detach() + self.quantizer.through(z, w) if self.quantizer.rotation_trick \
+                else w + (z - z.detach())
+        return q, codes, out.loss
 
     def _require_codes(self) -> None:
         if not self.config.use_codes:
@@ -296,19 +302,8 @@ class CTRModel(nn.Module):
 
     def target_output(self, out: TargetLogits, vq_loss: torch.Tensor,
                       codes: torch.Tensor | None) -> CTROutput:
-        """Token and row losses from an adapter's target logits (no host sync)."""
-        vq_loss = vq_loss.float()
-        zero_rows, z = vq_loss.new_zeros(out.batch_size), vq_loss.new_zeros(())
-        if out.logits is None:  # no labels: the logits alone
-            return CTROutput(z, z, vq_loss, z, zero_rows, zero_rows, zero_rows.long(), codes, out.caller_logits)
-        token_loss = F.cross_entropy(out.logits.float(), out.targets, reduction="none")
-        per_ex, total = zero_rows.index_add(0, out.rows, token_loss), token_loss.sum()
-        counts = zero_rows.long().index_add(0, out.rows, torch.ones_like(out.rows))
-        lm_loss = total / counts.sum().clamp(min=1)
-        return CTROutput(
-            loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,
-            token_loss_sum=total, example_loss=per_ex / counts.clamp(min=1),
-            example_loss_sum=per_ex, target_tokens=counts, codes=codes, logits=out.caller_logits)
+        """Token and row losses from an adapter's target logits (`ctr.core.outputs`)."""
+        return target_output(out, vq_loss, codes, self.config.vq_weight)
 
     @property
     def seq2seq(self) -> bool:
@@ -345,11 +340,13 @@ class CTRModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     @torch.no_grad()
-    def kmeans_init(self) -> None:
-        """Initialise the codebook by k-means over all task encodings."""
+    def kmeans_init(self, seed: int | None = None) -> None:
+        """Initialise the codebook by k-means over all task encodings (`seed`: the draw of
+        the initial centroids, alike on every process; default: the global RNG)."""
         self._require_codes()
         ids = torch.arange(self.config.num_tasks, device=self.encoder.device)
-        self.quantizer.init_from_encodings(self.encode_tasks(ids))
+        with seeded(seed, self.encoder.device):
+            self.quantizer.init_from_encodings(self.encode_tasks(ids))
 
     # ---- save / load -----------------------------------------------------------------
     def save_pretrained(self, path: str | Path, save_backbone: bool | None = None,

@@ -1,1 +1,1 @@
-"""Experiments: the synthetic compositional suite (synth*) and the evidence table of issue 12 (evidence*)."""
+"""Experiments: the synthetic compositional suite (synth*) and the evidence table, do the codes matter? (evidence*)."""

@@ -1,19 +1,20 @@
-"""The evidence table of issue 12 ("Make the codes matter", item 3) compiled from the JSON the
-ctr commands wrote into a run folder of scripts/evidence_smollm2.sh (never from their printed
-lines): cells, differences with bootstrap intervals (ctr.experiments.evidence_bootstrap),
-zero-label agreement, few-shot starts, training figures. The report is
-ctr.experiments.evidence_report; the command is scripts/compile_evidence.py.
+"""The evidence table (do the codes matter?) compiled from the JSON the ctr commands wrote
+into a run folder of scripts/evidence_smollm2.sh (never from their printed lines): cells,
+differences with bootstrap intervals (ctr.experiments.evidence_bootstrap), zero-label
+agreement, few-shot starts, training figures. The report is ctr.experiments.evidence_report;
+the command is scripts/compile_evidence.py (ctr.experiments.evidence_command).
 
 RUNS (default runs_evidence) is laid out as the script writes it:
     backbone/TASK[/seedS]/results.json                  ctr eval of the bare backbone
-    seedS/PAIR/{s1,s2,mt}/                               training runs (PAIR: main, lodo)
-    seedS/main/free/, free_s1/                           free per-task prompts, and them as a CTR folder
+    seedS/PAIR/{s1,s2,mt}/                               ctr train runs (PAIR: main, lodo)
+    seedS/PAIR/free/                                     ctr free-prompts: free per-task prompts
     seedS/PAIR/TASK/mt/results.json                      ctr eval of the multi-task baseline
     seedS/PAIR/TASK/zl_s1|zl_s2/{results,zero_label}.json  ctr zero-label on stage 1 / stage 2
-    seedS/PAIR/TASK/zl_free/{results,zero_label}.json    ctr zero-label on free per-task prompts (the
-                                                         ceiling of stage 1, scripts/free_prompts_to_ctr.py)
+    seedS/PAIR/TASK/zl_free/{results,zero_label}.json    ctr zero-label on the free prompts (the
+                                                         ceiling of stage 1)
     seedS/PAIR/TASK/fs/results.json                      ctr few-shot: runs bitwise, discrete, prompt_tuning
     MODE, timings.tsv                                    written by the script
+Every training run is described by its train_config.json.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 from ctr.analysis.stats import paired_effect
 from ctr.experiments.evidence_bootstrap import (BINOMIAL, EXAMPLES, LEVEL, PAIRED, interval, median_of,
                                                 run_replicates, template_counts, template_outcomes)
+from ctr.adapt.free_prompts import METHOD as FREE_PROMPTS
 from ctr.provenance import provenance
 
 COLUMNS = [  # key, title
@@ -39,7 +41,7 @@ COLUMNS = [  # key, title
     ("prompt_tuning", "prompt tuning"),
 ]
 FEW_SHOT_RUNS = ("bitwise", "discrete", "prompt_tuning")
-TRAIN_DIRS = ("s1", "s2", "mt", "free", "free_s1")  # free: free prompts; free_s1: them as a CTR folder
+TRAIN_DIRS = ("s1", "s2", "mt", "free")  # free: `ctr free-prompts`
 PAIR_TITLES = {"main": "main", "lodo": "leave-one-dataset-out"}
 ZERO_LABEL = {"zl_s1": "s1", "zl_s2": "s2", "zl_free": "free prompts"}  # column: short name
 CLAIM = {"zl_s1": ("zl_s1", "mt"), "zl_s2": ("zl_s2", "mt")}  # the paper's claim: CTR zero-label - baseline
@@ -251,9 +253,18 @@ def few_shot_info(runs: Path, seeds: list[int], pair: str, task: str) -> list[di
     return out
 
 
+def training_kind(cfg: dict[str, Any]) -> tuple[str, int | None]:
+    """What a train_config.json trained, and its stage: `ctr train` (stage 1 or 2, or the
+    baseline without codes) or `ctr free-prompts` (LM frozen, as stage 1)."""
+    if cfg.get("method") == FREE_PROMPTS:
+        return "per-task prompts, the ceiling", 1
+    if cfg.get("no_codes"):
+        return "multi-task baseline", cfg.get("stage")
+    return f"CTR stage {cfg.get('stage')}", cfg.get("stage")
+
+
 def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
-    """A row per training run: `ctr train` folders (train_config.json) and the free prompts of the
-    ceiling (scripts/diagnose_stage1.py --mode free: train_summary.json)."""
+    """A row per training run, from its train_config.json and metrics.jsonl."""
     out = []
     for s in seeds:
         order = {p: i for i, p in enumerate(PAIR_TITLES)}
@@ -261,24 +272,15 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                                key=lambda p: (order.get(p.name, len(order)), p.name)):
             for name in TRAIN_DIRS:
                 d = pair_dir / name
-                if (d / "train_config.json").exists():
-                    cfg = load(d / "train_config.json")
-                    kind = "multi-task baseline" if cfg.get("no_codes") else f"CTR stage {cfg.get('stage')}"
-                    row = {"model": cfg.get("model"), "stage": cfg.get("stage"), "kind": kind,
-                           "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
-                           "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
-                           "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
-                           "finished": (d / "final").is_dir()}
-                elif (d / "train_summary.json").exists():
-                    a = load(d / "train_summary.json")["args"]
-                    wrapped = pair_dir / "free_s1" / "ctr_config.json"
-                    tasks = a.get("tasks") or (load(wrapped)["task_names"] if wrapped.exists() else [])
-                    row = {"model": a.get("model"), "stage": 1, "kind": "per-task prompts, the ceiling",
-                           "no_codes": None, "steps": a.get("steps"), "batch_size": a.get("batch"),
-                           "lr": a.get("lr"), "tasks": tasks, "train_seed": a.get("seed"),
-                           "finished": (d / "prompts.pt").exists()}
-                else:
+                if not (d / "train_config.json").exists():
                     continue
+                cfg = load(d / "train_config.json")
+                kind, stage = training_kind(cfg)
+                row = {"model": cfg.get("model"), "stage": stage, "kind": kind,
+                       "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
+                       "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
+                       "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
+                       "finished": (d / "final").is_dir()}
                 metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()
                            if x.strip()] if (d / "metrics.jsonl").exists() else []
                 last = metrics[-10:]
@@ -290,7 +292,7 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 
 def codebook_health(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The codebook-stability figures of issue 12 from a CTR run's metrics.jsonl: VQ loss at the
+    """How stable a CTR run's codebook stayed, from its metrics.jsonl: VQ loss at the
     first and last logged step and the distinct code values in use at the last (None: no codes)."""
     logged = [m for m in metrics if m.get("vq_loss") is not None and m.get("distinct_values") is not None]
     if not logged:

@@ -103,8 +103,8 @@ def markdown(ev: dict[str, Any]) -> str:
     lines += diff_section(ev, "ceiling", CEILING, "## Stage 1 against its ceiling: free per-task prompts", (
         "A code's prompt cannot do better than a free prompt per training task (multi-task prompt "
         "tuning of the frozen LM, same mixture and budget), scored by the same Code Ensemble. The "
-        "issue's goal for stage 1 is +10 points over the backbone, or, where the ceiling itself "
-        "transfers less, stage 1 within 2 points of the ceiling."))
+        "ceiling minus the backbone is what any prompt of the frozen LM adds to the held-out task; "
+        "stage 1 minus the ceiling near 0 means the codes carry all that free prompts do."))
     lines += ["## Zero-label selection: do the training codes disagree?", "",
               "Mean agreement of the training codes with their majority vote on the selection inputs "
               "(1.0: every code gives the same answers, so selection cannot matter), and the code picked.", "",

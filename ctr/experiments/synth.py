@@ -90,7 +90,7 @@ class SynthConfig:
                 "seen there in training codes (a composition of known values)")
     max_sweeps: int = opt(5, "Bitwise Search: maximum sweeps over the positions")
     # 5: the smallest top within 0.03 of the exhaustive search on both archs (3 misses on llama;
-    # scripts/synth_guide_sweep.py, results/synth/cpu/README.md)
+    # scripts/synth_guide_sweep.py, results/synth/README.md)
     guide_top: int = opt(5, "guided search: values scored exactly per position, 1 to K-1 (ranked by "
                             "the gradient; ctr.adapt.guided_search)")
     random_draws: int = opt(5, "random codes per held-out combination (accuracy is their mean)")

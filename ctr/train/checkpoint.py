@@ -134,8 +134,9 @@ RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection
                "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
                "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
                "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
-               "codebook_lm_grad", "lora", "lora_r", "lora_alpha", "lora_dropout",
-               "lora_target_modules")
+               "codebook_lm_grad", "quantize_all_tasks", "value_offsets", "rotation_trick",
+               "code_entropy_weight", "code_entropy_temperature", "codebook_warmup_steps",
+               "codebook_recipe", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:

@@ -3,7 +3,7 @@
 One process, or data parallel (DDP: `accelerate launch`, `torchrun`, GPUs or CPU with
 gloo; configs/accelerate_ddp.yaml). The FSDP and DeepSpeed ZeRO configs in configs/ are
 written for backbones that do not fit one GPU, but the trainer refuses them for now
-(README "The paper's run on 8 GPUs"), because it:
+(docs/scale.md, "The paper's run on 8 GPUs"), because it:
 - reads whole parameters from the unwrapped model between steps (the code table, code
   usage, checkpoints and final/ are computed and saved by the main process alone), which
   FSDP and ZeRO-3 shard over the processes;

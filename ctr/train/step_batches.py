@@ -24,6 +24,8 @@ from ctr.train.batching import Encoded, MixtureSampler, collate, micro_batches, 
 def resolve_packing(cfg: TrainConfig, model) -> bool:
     """Whether passes are packed (`--packing`); `cfg.packing` becomes what runs ("yes" or
     "no"), so that train_config.json and the checkpoints say it."""
+    if cfg.packing not in ("auto", "yes", "no"):
+        raise ValueError(f"--packing must be auto, yes or no, got {cfg.packing!r}")
     problem = packing_problem(model.backbone)
     if cfg.packing == "yes" and problem:
         raise ValueError(f"--packing yes: packed passes would not be exact for this backbone "
@@ -72,6 +74,9 @@ class StepBatches:
 
     def __init__(self, rows, sampler: MixtureSampler, cfg: TrainConfig, adapter: BackboneAdapter,
                  pad_id: int, prompt_len: int | None, rank: int, n_proc: int, pin: bool):
+        if cfg.pack_multiple < 1 or cfg.prefetch < 0:
+            raise ValueError(f"--pack-multiple must be >= 1 and --prefetch >= 0, got "
+                             f"{cfg.pack_multiple} and {cfg.prefetch}")
         self.rows, self.sampler, self.cfg, self.adapter = rows, sampler, cfg, adapter
         self.pad_id, self.prompt_len, self.rank, self.n_proc, self.pin = pad_id, prompt_len, rank, n_proc, pin
         # finished threads exit when the pool is garbage collected: nothing to close

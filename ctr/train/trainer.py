@@ -36,7 +36,7 @@ from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.train.lora import lora_summary, train_backbone
-from ctr.train.metrics import step_record
+from ctr.train.metrics import step_record, write_health
 from ctr.train.parallelism import make_accelerator
 from ctr.train.step_batches import StepBatches, packing_summary, resolve_packing
 from ctr.train.step_stats import StepClock, StepStats, TrainingDiverged  # noqa: F401 (TrainingDiverged: raised in training)
@@ -88,6 +88,7 @@ def adopt_model_options(cfg: TrainConfig) -> None:
     for key in MODEL_KEYS:
         if key in saved:
             setattr(cfg, key, saved[key])
+    cfg.codebook_recipe = None  # the module is --init-from's: its options are recorded above
 
 
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
@@ -190,9 +191,15 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             print(f"[ctr] resumed from {resume_from} at step {start}")
     model, optimizer = acc.prepare(model, optimizer)
     core: CTRModel = acc.unwrap_model(model)
-    revival = core.config.use_codes and core.config.quantizer == "plain"
-    if revival:  # usage and dead-code revival once per optimizer step, over all processes
+    # usage, dead-code revival (and with every task quantised, the EMA step) once per
+    # optimizer step, alike on every process
+    revival = core.config.use_codes and (core.config.quantizer == "plain" or core.config.quantize_all_tasks)
+    if revival:
         core.quantizer.defer_usage = True
+    warmup = cfg.codebook_warmup_steps if core.config.use_codes and cfg.stage == 1 else 0
+    if warmup:  # continuous task prompts until the codebook is set (ctr.core.model._quantize_tasks)
+        core.quantizer.quantizing = start >= warmup
+    types = [t.task_type for t in tasks]
     encoder = PromptEncoder.for_model(core)
     encoded = data.tokenised(encoder, cfg, acc) if data is not None else InMemoryRows(
         encode_tasks(tasks, encoder, cfg.max_source_len, cfg.max_target_len))
@@ -228,6 +235,9 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         if step >= cfg.steps:  # --max-minutes set fewer steps
             break
         batch = batches.get(step)  # prepared ahead: this process's passes of the global batch
+        if warmup and step == warmup:  # the warm-up ends: k-means on every task's encoding
+            core.kmeans_init(seed=cfg.seed * 1_000_003 + step)
+            core.quantizer.quantizing = True
         # dropout, per step and process (each process's shard gets its own masks)
         torch.manual_seed(cfg.seed * 1_000_003 + step + 1_000_000_007 * acc.process_index)
         stats.begin(step)
@@ -263,7 +273,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if revival:  # revival vectors drawn from a per-step generator, alike on every process
-            core.quantizer.end_step(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+            core.quantizer.end_step(seed=cfg.seed * 1_000_003 + step)
         if "step_end" in hooks:  # the step's work is queued (ctr.bench.throughput times it)
             hooks["step_end"](step)
         logged = done % cfg.log_every == 0 or done == cfg.steps
@@ -275,7 +285,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             if acc.is_main_process:
                 append_jsonl(out / "metrics.jsonl", step_record(
                     done, losses, scheduler.get_last_lr()[0], grad_norm, clock.lap(done),
-                    batch.n_inputs, decided, core, revival))
+                    batch.n_inputs, decided, core, revival, types))
         if logged:
             log_step()
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
@@ -304,6 +314,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         budget.finish()
         if core.config.use_codes:
             write_json(out / "code_table.json", core.code_table())
+            write_health(out, core, types)
     acc.wait_for_everyone()
     return final
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search, reference_search
+from ctr.adapt.bitwise_search import Shot, ShotObjective, bitwise_search
 from ctr.inference.scoring import RankScorer, ScoreRequest
 
 from adapt_support import ctr_model, dies_after  # tests/adapt is on sys.path under pytest
@@ -72,13 +72,55 @@ def test_search_equals_brute_force_on_a_separable_objective(restricted):
     assert res.sweeps == 2 and res.evaluations == len(starts) + 2 * tried
 
 
-def test_batched_and_one_at_a_time_searches_agree():
-    table = torch.rand(*(K,) * L, generator=torch.Generator().manual_seed(5))
+def authors_loop(objective, starts, values, max_sweeps=20, seed=0):
+    """The authors' search, written out here from its description and independently of
+    `bitwise_search`: one code per objective call. Take the best start (first on ties); sweep
+    the positions in the seeded order random.Random(seed * 1_000_003 + sweep).sample(range(L), L);
+    at each position try every other allowed value in order, keep the best (first on ties)
+    only if it is strictly lower; stop after a sweep without a change.
+    Returns (code, objective, evaluations, sweeps)."""
+    import random
+    calls = 0
+
+    def one(code):
+        nonlocal calls
+        calls += 1
+        return objective([code])[0]
+    start_scores = [one(list(c)) for c in starts]
+    best = start_scores.index(min(start_scores))
+    code, obj = list(starts[best]), start_scores[best]
+    sweeps = 0
+    for sweep in range(max_sweeps):
+        sweeps += 1
+        changed = False
+        for pos in random.Random(seed * 1_000_003 + sweep).sample(range(len(values)), len(values)):
+            best_v, best_obj = None, None
+            for v in values[pos]:
+                if v == code[pos]:
+                    continue
+                o = one(code[:pos] + [v] + code[pos + 1:])
+                if best_obj is None or o < best_obj:
+                    best_v, best_obj = v, o
+            if best_obj is not None and best_obj < obj:
+                code, obj, changed = code[:pos] + [best_v] + code[pos + 1:], best_obj, True
+        if not changed:
+            break
+    return code, obj, calls, sweeps
+
+
+@pytest.mark.parametrize("seed", [2, 9])
+def test_batched_and_one_at_a_time_searches_agree(seed):
+    """The batched search reaches the authors' one-code-at-a-time loop's code, objective,
+    evaluation count and sweeps, on a rough objective and on values restricted per position."""
+    table = torch.rand(*(K,) * L, generator=torch.Generator().manual_seed(5 + seed))
     f = lambda codes: [float(table[tuple(c)]) for c in codes]
-    starts = [[0, 0, 0, 0], [1, 2, 3, 4]]
-    a = bitwise_search(f, starts, [list(range(K))] * L, seed=2)
-    b = reference_search(f, starts, [list(range(K))] * L, seed=2)
-    assert a.code == b.code and a.evaluations == b.evaluations
+    starts = [[0, 0, 0, 0], [1, 2, 3, 4], [7, 6, 5, 4]]
+    for values in ([list(range(K))] * L, [[0, 2, 4, 6], [1, 2], list(range(K)), [3, 4, 7]]):
+        starts_ok = [[v[0] if c[p] not in v else c[p] for p, v in enumerate(values)] for c in starts]
+        a = bitwise_search(f, starts_ok, values, seed=seed)
+        code, obj, evaluations, sweeps = authors_loop(f, starts_ok, values, seed=seed)
+        assert (a.code, a.objective, a.evaluations, a.sweeps) == (code, obj, evaluations, sweeps)
+        assert a.sweeps >= 2  # the search moved, and a last sweep confirmed it
 
 
 def test_interrupted_search_resumes_the_same_trajectory(tmp_path):

@@ -90,7 +90,7 @@ def test_scorer_ids_equal_trainer_ids(tokenizer, arch):
 
 
 def test_smollm2_boundary_is_the_trained_one():
-    """The issue's example: "...?\\n" + "positive" is token 6022 (no "Ġ"), as in training."""
+    """After "...?\\n" the answer "positive" is token 6022 (no "Ġ"), as in training."""
     tok = smollm2_tokenizer()
     model = model_with(tok, "llama")
     src, tgt, _, _ = trainer_and_scorer_ids(model)

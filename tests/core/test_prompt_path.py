@@ -9,7 +9,7 @@ import torch
 
 from ctr.train.batching import Encoded, collate
 from ctr.cli import build_parser
-from ctr.config import MODEL_KEYS, MODEL_PRESETS, CTRConfig, TrainConfig
+from ctr.config import CODEBOOK_RECIPES, MODEL_KEYS, PRESET_RECIPES, PRESETS, CTRConfig, TrainConfig
 from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
 
@@ -94,13 +94,22 @@ def test_every_model_option_is_a_train_flag_and_reaches_the_checkpoint_config():
     assert (args.beta, args.vq_weight, args.codebook_init, args.codebook_lm_grad) == (0.25, 0.5, "vocab", True)
 
 
-@pytest.mark.parametrize("preset", sorted(MODEL_PRESETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_fill_the_model_options_and_flags_override_them(preset):
     cfg = TrainConfig(preset=preset)
-    for k, v in MODEL_PRESETS[preset].items():
-        assert getattr(cfg, k) == v
+    assert cfg.codebook_recipe == PRESET_RECIPES[preset]
+    for k, v in CODEBOOK_RECIPES[cfg.codebook_recipe].items():
+        assert getattr(cfg, k) == v, k
     assert TrainConfig(preset=preset, codebook_lm_grad=False, beta=0.3).codebook_lm_grad is False
-    assert TrainConfig(preset="paper").codebook_init == "uniform"  # the paper's recipe stays
+    for recipe, options in CODEBOOK_RECIPES.items():  # --codebook-recipe on any preset
+        cfg = TrainConfig(preset=preset, codebook_recipe=recipe, dead_code_threshold=0.5)
+        assert cfg.dead_code_threshold == 0.5  # a flag overrides its part of the recipe
+        assert all(getattr(cfg, k) == v for k, v in options.items() if k != "dead_code_threshold")
+    # the authors' recipe stays reachable for exact replication
+    paper = TrainConfig(preset="paper", codebook_recipe="paper")
+    assert (paper.codebook_init, paper.quantizer, paper.quantize_all_tasks) == ("uniform", "plain", False)
+    with pytest.raises(ValueError, match="--codebook-recipe"):
+        TrainConfig(codebook_recipe="fancy")
 
 
 
@@ -132,16 +141,17 @@ def test_encoder_lr_scale_sets_the_encoder_group_alone():
     assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)  # with --encoder-init spread
     assert lrs[id(model.decoder.weight)] == pytest.approx(cfg.lr * 0.01)
     assert lrs[id(model.quantizer.codebook)] == lrs[id(model.task_embedding.weight)] == cfg.lr
-    paper = TrainConfig(preset="paper")  # no encoder scale: the projection scale for both
+    paper = TrainConfig(preset="paper", codebook_recipe="paper")  # no encoder scale: the projection scale for both
     lrs = {id(p): g["lr"] for g in make_optimizer(model, paper).param_groups for p in g["params"]}
     assert lrs[id(model.encoder)] == lrs[id(model.decoder.weight)] == paper.lr
 
 
-def test_ema_takes_the_cpu_recipe_without_the_codebook_gradient():
-    assert TrainConfig(preset="cpu-small", quantizer="ema").codebook_lm_grad is False
-    assert TrainConfig(preset="cpu-small").codebook_lm_grad is True
+def test_ema_takes_the_prompt_recipe_without_the_codebook_gradient():
+    prompt = dict(preset="cpu-small", codebook_recipe="prompt")
+    assert TrainConfig(**prompt, quantizer="ema").codebook_lm_grad is False
+    assert TrainConfig(**prompt).codebook_lm_grad is True
     with pytest.raises(ValueError, match="--codebook-lm-grad needs --quantizer plain"):
-        TrainConfig(preset="cpu-small", quantizer="ema", codebook_lm_grad=True)
+        TrainConfig(**prompt, quantizer="ema", codebook_lm_grad=True)
     spread = TrainConfig(preset="cpu-small")
     assert spread.encoder_lr_scale == 0.002
     assert TrainConfig(preset="cpu-small", encoder_init="random").encoder_lr_scale is None

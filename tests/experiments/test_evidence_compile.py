@@ -1,4 +1,5 @@
-"""The evidence table (ctr.experiments.evidence*, scripts/compile_evidence.py) on small fabricated run folders.
+"""The evidence table (ctr.experiments.evidence*, the command of scripts/compile_evidence.py) on small
+fabricated run folders, and the committed tables rebuilt from their archived inputs.
 
 The fabricated files are committed results JSON of the real commands (`ctr eval`, `ctr
 zero-label`, `ctr few-shot`, `ctr train`) with only their numbers replaced, laid out as
@@ -8,7 +9,7 @@ the fabricated counts, so the table must follow its inputs.
 from __future__ import annotations
 
 import copy
-import importlib.util
+import dataclasses
 import json
 import shutil
 import statistics
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctr.adapt.free_prompts import METHOD as FREE_PROMPTS, FreePromptConfig
 from ctr.analysis.stats import bootstrap_ci, paired_effect
 from ctr.experiments import evidence as ce
 from ctr.experiments import evidence_bootstrap as eb
+from ctr.experiments import evidence_command as command
 from ctr.experiments import evidence_report as report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +36,6 @@ COMMITTED = {  # real outputs of the commands, used as the shape of the fabricat
 }
 pytestmark = pytest.mark.skipif(not all(p.exists() for p in COMMITTED.values()),
                                 reason="committed results JSON (the shapes) missing")
-
-spec = importlib.util.spec_from_file_location("compile_evidence", ROOT / "scripts/compile_evidence.py")
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
 
 MIX = ["ag_news_classify", "ag_news_recommend", "amazon_polarity_Is_this_review", "glue_qqp_answer"]
 LODO_MIX = [t for t in MIX if not t.startswith("ag_news_")]
@@ -212,7 +211,7 @@ def test_markdown_and_json_carry_the_computed_numbers(tmp_path):
     data = standard_data()
     runs = fabricate(tmp_path / "runs", data)
     out = tmp_path / "out"
-    ev = script.main([str(runs), "--out", str(out), "--n-boot", "300"])
+    ev = command.main([str(runs), "--out", str(out), "--n-boot", "300"])
     md = (out / "evidence.md").read_text()
     js = json.loads((out / "evidence.json").read_text())
     for r in ev["rows"]:
@@ -440,23 +439,21 @@ def test_stage_one_is_compared_with_its_free_prompt_ceiling(tmp_path):
     for s in (0, 1):  # free prompts: 520 + 7s per template (s1: 470 + 7s, backbone 430)
         data[(s, "main", "glue_sst2", "zl_free")] = spread(520 + 7 * s)
     runs = fabricate(tmp_path / "runs", data)
-    for s in (0, 1):  # the wrapped prompts sit beside the training runs, not a task row
-        (runs / f"seed{s}/main/free_s1").mkdir()
-    free = runs / "seed0/main/free"  # what diagnose_stage1.py --mode free writes
-    write(free / "train_summary.json", {"args": {"mode": "free", "model": "smollm2", "seed": 0, "steps": 100,
-                                                 "batch": 8, "lr": 0.01, "tasks": MIX}})
+    free = runs / "seed0/main/free"  # what `ctr free-prompts` writes: its options and metrics, final/
+    write(free / "train_config.json", {**dataclasses.asdict(FreePromptConfig(
+        model="smollm2", seed=0, steps=100, batch_size=8, lr=0.01, tasks=MIX)), "method": FREE_PROMPTS})
     losses = [5.0 - 0.1 * i for i in range(15)]
-    (free / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "lm_loss": x, "vq_loss": 0.0,
+    (free / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "lm_loss": x, "lr": 0.01,
                                                             "step_time": 2.0}) + "\n"
                                                 for i, x in enumerate(losses)))
-    (free / "prompts.pt").write_bytes(b"")
+    (free / "final").mkdir()
     ev = ce.compile_evidence(runs, args())
     t = next(t for t in ev["training"] if t["run"] == "free")
     assert (t["seed"], t["pair"], t["kind"], t["tasks"], t["steps"], t["batch_size"], t["lr"]) == (
         0, "main", "per-task prompts, the ceiling", MIX, 100, 8, 0.01)
     assert t["lm_loss_last10"] == pytest.approx(statistics.mean(losses[-10:]))
     assert t["train_seconds"] == 30.0 and t["finished"] and t["values_in_use"] is None
-    assert not any(t["run"] == "free_s1" for t in ev["training"])
+    assert t["stage"] == 1 and t["no_codes"] is None
     assert [(r["pair"], r["task"]) for r in ev["rows"]] == [
         ("main", "ag_news"), ("main", "glue_sst2"), ("main", "trec"), ("lodo", "ag_news")]
     sst = row(ev, "main", "glue_sst2")
@@ -507,7 +504,7 @@ def test_the_archive_rebuilds_the_table_without_weights(tmp_path):
         (final / "backbone" / "tokenizer.json").write_text("{}")
         (final.parent / "checkpoint-50").mkdir()
         (final.parent / "checkpoint-50" / "trainer_state.json").write_text("{}")
-    ev = script.main([str(runs), "--out", str(tmp_path / "out"), "--n-boot", "300",
+    ev = command.main([str(runs), "--out", str(tmp_path / "out"), "--n-boot", "300",
                       "--archive", str(tmp_path / "archive")])
     kept = {p.relative_to(tmp_path / "archive") for p in (tmp_path / "archive").rglob("*") if p.is_file()}
     assert not any(p.suffix == ".safetensors" or "checkpoint-50" in p.parts for p in kept)
@@ -515,8 +512,36 @@ def test_the_archive_rebuilds_the_table_without_weights(tmp_path):
     assert any(p.parts[0] == "backbone" for p in kept)  # the bare backbone's scores are
     assert Path("MODE") in kept and Path("timings.tsv") in kept
     assert Path("seed0/main/s1/final/ctr_config.json") in kept  # marks the run finished
-    again = script.main([str(tmp_path / "archive"), "--out", str(tmp_path / "out2"), "--n-boot", "300"])
+    again = command.main([str(tmp_path / "archive"), "--out", str(tmp_path / "out2"), "--n-boot", "300"])
     for key in ("rows", "training", "timings", "pooled_zero_label_minus_baseline", "inputs"):
         assert json.dumps(ce.strip(again[key])) == json.dumps(ce.strip(ev[key])), key
     with pytest.raises(SystemExit):  # an archive inside RUNS would archive itself next time
-        script.main([str(runs), "--out", str(tmp_path / "out3"), "--archive", str(runs / "archive")])
+        command.main([str(runs), "--out", str(tmp_path / "out3"), "--archive", str(runs / "archive")])
+
+
+# Committed tables whose inputs are archived beside them: (table folder, inputs folder).
+ARCHIVED_TABLES = [(ROOT / "results/evidence/cpu_lodo", ROOT / "results/evidence/cpu_lodo/inputs")]
+
+
+def comparable(md: str) -> list[str]:
+    """evidence.md without what a rebuild changes by construction: the compile time and commit
+    (last line) and the RUNS folder named in the "Built by" sentence."""
+    out = []
+    for line in md.splitlines():
+        if line.startswith("Compiled "):
+            continue
+        if "compile_evidence.py " in line:
+            line = line[:line.index("compile_evidence.py ")]
+        out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("table, inputs", ARCHIVED_TABLES, ids=lambda p: p.name)
+def test_a_committed_table_rebuilds_from_its_archived_inputs(table, inputs, tmp_path):
+    if not inputs.is_dir():
+        pytest.skip(f"{inputs}: no archived inputs")
+    command.main([str(inputs), "--out", str(tmp_path)])  # the table's own settings (defaults)
+    assert comparable((tmp_path / "evidence.md").read_text()) == comparable((table / "evidence.md").read_text())
+    rebuilt, committed = (json.loads((d / "evidence.json").read_text()) for d in (tmp_path, table))
+    for key in ("rows", "training", "timings", "pooled_zero_label_minus_baseline", "seeds", "columns"):
+        assert rebuilt[key] == committed[key], key

@@ -98,3 +98,24 @@ def test_collate_masks_and_labels(seq2seq):
             assert b["attention_mask"].sum(1).tolist() == [5, 4]
             tgt = [row[row != -100].tolist() for row in b["labels"]]
             assert tgt == [[8, 1], [9, 10, 1]]
+
+
+def test_the_near20_mixture_is_the_released_codebooks_and_loads(capsys):
+    from pathlib import Path
+    from ctr.tasks.named_mixtures import NEAR20, main, mixture
+    root = Path(__file__).resolve().parents[2]
+    released = json.loads((root / "checkpoints/smollm2-near20-s1/train_config.json").read_text())["tasks"]
+    assert list(NEAR20) == released  # same names, same order: the same task ids
+    assert [t.split("_")[0] for t in NEAR20].count("amazon") == 9 and len(set(NEAR20)) == 20
+    main(["near20"])
+    assert capsys.readouterr().out.split() == list(NEAR20)  # what shell scripts read
+    with pytest.raises(ValueError, match="unknown mixture 'near21'; known: near20"):
+        mixture("near21")
+    try:
+        data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"data not available: {e}")
+    from ctr.tasks.mixture_options import MixtureOptions
+    tasks = MixtureOptions(tasks=mixture("near20"), limit_examples=2).load_tasks()
+    assert [t.name for t in tasks] == list(NEAR20)
+    assert {t.task_type for t in tasks} == {"sentiment", "topic_classification", "paraphrase_identification"}

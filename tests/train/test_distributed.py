@@ -3,7 +3,8 @@
 Two CPU processes (gloo) are launched once for the whole module, by plain `torchrun`
 (no ACCELERATE_USE_CPU: the trainer sets Accelerate up for the CPU itself). They run
 `ctr train` through the CLI (stage 1 with dead-code revival firing), then the EMA
-quantizer, stage 2, and a killed run and its resume; each is compared with a one-process
+quantizer, every task quantised at every step (with and without a codebook warm-up),
+stage 2, and a killed run and its resume; each is compared with a one-process
 run on the same global batch.
 """
 from __future__ import annotations
@@ -75,8 +76,15 @@ def runs(tiny_paths, tmp_path_factory):
     # EMA statistics are updated per forward pass over all processes' rows: one process
     # with micro-batch 4 makes the same updates as two with micro-batch 2 each
     ema = dict(quantizer="ema")
+    # every task quantised at every step: the EMA step and revival once per optimizer step
+    # from every task's encodings, so one process's two passes equal two processes' one
+    every = dict(quantizer="ema", quantize_all_tasks=True, dead_code_threshold=REVIVAL)
+    # continuous prompts for 2 steps, then k-means of every task's encoding
+    warm = dict(quantize_all_tasks=True, codebook_warmup_steps=2, dead_code_threshold=REVIVAL)
     one = {"s1": train(TrainConfig(**c("one_s1", **s1))),
-           "ema": train(TrainConfig(**c("one_ema", micro_batch_size=4, **ema)))}
+           "ema": train(TrainConfig(**c("one_ema", micro_batch_size=4, **ema))),
+           "all": train(TrainConfig(**c("one_all", **every))),
+           "warm": train(TrainConfig(**c("one_warm", **warm)))}
     s2 = dict(stage=2, init_from=str(one["s1"]))
     one["s2"] = train(TrainConfig(**c("one_s2", **s2)))
     lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
@@ -91,7 +99,8 @@ def runs(tiny_paths, tmp_path_factory):
            str(tasks), "--max-source-len", "32", "--max-target-len", "8", "--code-length", "3",
            "--codebook-size", "8", "--save-every", "3", "--dead-code-threshold", str(REVIVAL),
            "--output-dir", str(root / "two_s1")]
-    spec = [{"argv": cli}, {"cfg": c("two_ema", **ema)}, {"cfg": c("two_s2", **s2)},
+    spec = [{"argv": cli}, {"cfg": c("two_ema", **ema)}, {"cfg": c("two_all", **every)},
+            {"cfg": c("two_warm", **warm)}, {"cfg": c("two_s2", **s2)},
             {"cfg": c("two_lora", **lora)}, {"cfg": c("two_tok", **tok)},
             {"cfg": c("two_budget", max_minutes=5.0, steps=10)},  # --max-minutes: one decision
             {"cfg": c("two_cut", **s1), "stop_after": 4},  # killed after step 4
@@ -146,7 +155,7 @@ def test_the_token_budget_case_has_processes_planning_different_pass_counts(runs
     assert any(a != b for a, b in plans), plans
 
 
-@pytest.mark.parametrize("name", ["s1", "ema", "s2", "lora", "tok"])
+@pytest.mark.parametrize("name", ["s1", "ema", "all", "warm", "s2", "lora", "tok"])
 def test_two_processes_train_the_one_process_model(runs, name):
     root, one = runs
     two = root / f"two_{name}"
@@ -164,11 +173,11 @@ def test_two_processes_train_the_one_process_model(runs, name):
         for key in ("loss", "lm_loss", "vq_loss", "grad_norm"):
             assert y[key] == pytest.approx(x[key], abs=1e-4, rel=1e-5), (x["step"], key)
         assert y["code_perplexity"] == x["code_perplexity"]
-    if name == "s1":  # `ctr train` under plain torchrun: one run, revival alike on every process
+    if name in ("s1", "all", "warm"):  # revival alike on every process
         assert [r["revived_codes"] for r in rb] == [r["revived_codes"] for r in ra]
         assert sum(r["revived_codes"] for r in rb) > 0
         assert json.loads((two / "code_table.json").read_text()) == \
-            json.loads((root / "one_s1" / "code_table.json").read_text())
+            json.loads((root / f"one_{name}" / "code_table.json").read_text())
 
 
 def test_a_time_budget_is_decided_once_for_all_processes(runs):

@@ -63,7 +63,11 @@ def test_micro_batch_flags_are_checked(tmp_path):
     with pytest.raises(ValueError, match="--micro-batch-size"):
         micro_batches(rows_of([(1, 1)]), 0, DecoderOnlyAdapter())
     with pytest.raises(ValueError, match="--micro-batch-tokens with --dead-code-threshold"):
-        TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5)
+        TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
+                    quantize_all_tasks=False)
+    # every task quantised: usage is counted once per optimizer step, whatever the passes
+    TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
+                quantize_all_tasks=True)
 
 
 def varied_tasks(path):

@@ -39,13 +39,20 @@ def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file
     from ctr.train.trainer import build_model, load_tasks
     init = build_model(cfg, load_tasks(cfg, verbose=False))
     before = {k: v.clone() for k, v in init.ctr_state_dict().items()}
-    final = train(cfg)
+    live, backbone_grads = [], []
+
+    def watch(step, core):  # the model being trained, as the optimizer is about to update it
+        live[:] = [core]
+        backbone_grads.extend(n for n, p in core.backbone.named_parameters() if p.grad is not None)
+    final = train(cfg, hooks={"before_update": watch})
     trained = CTRModel.from_pretrained(final)
     after = trained.ctr_state_dict()
     for part in ("task_embedding.weight", "encoder", "quantizer.codebook", "decoder.weight"):
         assert not torch.equal(before[part], after[part]), f"{part} did not change"
+    # the LM the run trained with (in memory, after its last update), not the folder it was loaded from
+    assert live and not backbone_grads, f"backbone weights got gradients: {sorted(set(backbone_grads))[:3]}"
     original = backbone_state(tiny_paths[arch])
-    for k, v in trained.backbone.state_dict().items():
+    for k, v in live[0].backbone.state_dict().items():
         assert torch.equal(v, original[k]), f"backbone weight {k} changed"
     assert not (final / "backbone").exists()  # frozen backbone is referenced, not copied
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

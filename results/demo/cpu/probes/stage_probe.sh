@@ -4,15 +4,8 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=/work/evid2
 CTR=/work/main/.venv/bin/ctr
 R=/work/proto/runs; mkdir -p $R
-MIX="ag_news_classify ag_news_classify_question_first ag_news_classify_with_choices
-ag_news_classify_with_choices_question_first ag_news_recommend ag_news_which_section
-ag_news_which_section_choices amazon_polarity_Is_this_product_review_positive
-amazon_polarity_Is_this_review amazon_polarity_Is_this_review_negative
-amazon_polarity_User_recommend_this_product amazon_polarity_convey_negative_or_positive_sentiment
-amazon_polarity_flattering_or_not amazon_polarity_negative_or_positive_tone
-amazon_polarity_user_satisfied amazon_polarity_would_you_buy glue_qqp_answer glue_qqp_duplicate
-glue_qqp_duplicate_or_not glue_qqp_meaning"
-F="--model smollm2 --preset cpu-demo --mixing balanced --max-source-len 128 --max-target-len 8 --save-every 1000 --tasks $(echo $MIX)"
+MIX=$(/work/main/.venv/bin/python -m ctr.tasks.named_mixtures near20)  # the 20 near20 tasks
+F="--model smollm2 --preset cpu-demo --mixing balanced --max-source-len 128 --max-target-len 8 --save-every 1000 --tasks $MIX"
 E="--tasks glue_sst2 --max-examples 100 --seed 0"
 t=$SECONDS
 $CTR train --stage 1 $F --steps ${S1:-40} --output-dir $R/s1 > $R/s1.log 2>&1; echo "s1 $((SECONDS-t))"; t=$SECONDS

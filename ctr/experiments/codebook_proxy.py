@@ -1,0 +1,219 @@
+"""The codebook-collapse proxy: a stage 1 small enough for a 2-core CPU that still shows
+what a long GPU run does to the codebook, and the table that compares recipes on it.
+
+    python -m ctr.experiments.codebook_proxy --recipes prompt stable --seeds 0 1 \\
+        --runs runs/codebook_proxy --out results/codebook_proxy [--near]
+
+One run: SmolLM2 frozen, every T0 sample task with more than one answer (251), sources cut
+to 32 tokens and targets to 16, 600 steps of 8 rows with the cpu-small schedule (lr 1e-2,
+cosine to 0.1x), every step logged. On one H200, 978 steps of 64 rows with the prompt
+recipe took the mean code perplexity from 99.8 to 3.3 and put one value on 55% of the
+table; this proxy takes the same recipe through the same fall (the README of the results
+folder has both trajectories). Each recipe is a set of `ctr train` options (`RECIPES`),
+trained per seed into RUNS/RECIPE/seedS (a finished run is kept, not retrained).
+
+The table, per recipe (mean over seeds, each seed beside it): the health trajectory
+(`ctr.core.code_health` figures at every PROBE_STEPS step), the final health against its
+goals, and the mean training LM loss of the last 10% of steps (every recipe sees the same
+batches for a seed, so the losses are paired). `--near` adds, per run, Code Ensemble
+zero-label on the near suite (SST-2 validation, TREC, AG News: at most 1000 examples each)
+and the bare backbone once, as the lent-GPU run scored them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
+from ctr.config import TrainConfig
+from ctr.core.code_health import GOALS, HEALTH_FILE
+from ctr.fileio import read_json, read_jsonl, write_json
+from ctr.inference.evaluate import EvalConfig, run_eval
+from ctr.provenance import provenance
+from ctr.train.trainer import train
+
+PROXY = dict(stage=1, preset="cpu-small", drop_single_answer=True, max_source_len=32,
+             max_target_len=16, steps=600, batch_size=8, micro_batch_size=8, log_every=1,
+             save_every=100, keep_checkpoints=1)
+# The recipes compared; each is `ctr train` options on top of PROXY.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the authors' module (random projections, uniform codebook, VQ-only codebook updates)
+    "paper": dict(codebook_recipe="paper"),
+    # code values start as token embeddings and are the prompt; the LM trains them directly
+    "prompt": dict(codebook_recipe="prompt"),
+    # the default: every task quantised each step, EMA codebook, revival from every task
+    "stable": dict(codebook_recipe="stable"),
+}
+PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
+NEAR = dict(suite="near", max_examples=1000, batch_size=64)
+ZERO_LABEL = dict(n_inputs=32, max_templates=3)
+KEPT = ("metrics.jsonl", "train_config.json", "code_table.json", HEALTH_FILE, "time_budget.json")
+
+
+def run_dir(runs: Path, recipe: str, seed: int) -> Path:
+    return Path(runs) / recipe / f"seed{seed}"
+
+
+def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -> Path:
+    """Train one proxy run (kept if its final/ exists); returns the run folder."""
+    out = run_dir(runs, recipe, seed)
+    if not (out / "final").exists():
+        train(TrainConfig(output_dir=str(out), seed=seed, data_dir=data_dir,
+                          **{**PROXY, **RECIPES[recipe]}), stop_after=None)
+    return out
+
+
+def score_near(runs: Path, out: Path, data_dir: str | None = None) -> None:
+    """Zero-label on the near suite for every finished run, and the backbone once."""
+    if not (runs / "backbone" / "results.json").exists():
+        run_eval(EvalConfig(model="smollm2", output_dir=str(runs / "backbone"), data_dir=data_dir, **NEAR))
+    for folder in sorted(runs.glob("*/seed*")):
+        if (folder / "final").exists() and not (folder / "near" / "results.json").exists():
+            run_zero_label(ZeroLabelConfig(checkpoint=str(folder), output_dir=str(folder / "near"),
+                                           data_dir=data_dir, **NEAR, **ZERO_LABEL))
+
+
+# ---- the table --------------------------------------------------------------------------
+def run_summary(folder: Path) -> dict[str, Any]:
+    """What the table reads from one run folder."""
+    records = read_jsonl(folder / "metrics.jsonl")
+    steps = records[-1]["step"]
+    tail = [r["lm_loss"] for r in records if r["step"] > 0.9 * steps]
+    by_step = {r["step"]: r for r in records}
+    trajectory = {s: {"perplexity": round(statistics.mean(by_step[s]["code_perplexity"]), 2),
+                      "distinct_values": by_step[s]["distinct_values"],
+                      "distinct_codes": by_step[s].get("distinct_codes"),
+                      "largest_value_share": by_step[s].get("largest_value_share"),
+                      "type_gap": by_step[s].get("type_gap")}
+                  for s in PROBE_STEPS if s in by_step}
+    out = {"steps": steps, "lm_loss_last10": round(statistics.mean(tail), 4), "trajectory": trajectory,
+           "health": read_json(folder / HEALTH_FILE) if (folder / HEALTH_FILE).exists() else None}
+    near = folder / "near" / "results.json"
+    if near.exists():
+        res = read_json(near)
+        out["near"] = {t: {"median": v["median"], "code": v.get("code")} for t, v in res["tasks"].items()}
+    return out
+
+
+def compile_table(runs: Path) -> dict[str, Any]:
+    runs = Path(runs)
+    table: dict[str, Any] = {"recipes": {}, "goals": GOALS, "proxy": PROXY}
+    for recipe_dir in sorted(p for p in runs.iterdir() if p.is_dir() and p.name in RECIPES):
+        seeds = {f.name: run_summary(f) for f in sorted(recipe_dir.glob("seed*"))
+                 if (f / "metrics.jsonl").exists()}
+        if seeds:
+            table["recipes"][recipe_dir.name] = {"options": RECIPES[recipe_dir.name], "seeds": seeds}
+    backbone = runs / "backbone" / "results.json"
+    if backbone.exists():
+        table["backbone"] = {t: v["median"] for t, v in read_json(backbone)["tasks"].items()}
+    return table
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def markdown(table: dict[str, Any]) -> str:
+    lines = ["## Trajectory (mean over seeds)", "",
+             "| recipe | step | mean perplexity | values in use | distinct codes | largest value's share | type gap |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rec in table["recipes"].items():
+        runs = list(rec["seeds"].values())
+        for s in PROBE_STEPS:
+            cells = [r["trajectory"].get(s) for r in runs if s in r["trajectory"]]
+            if not cells:
+                continue
+            m = {k: _mean([c[k] for c in cells]) for k in cells[0]}
+            lines.append(f"| {name} | {s} | {_fmt(m['perplexity'], 1)} | {_fmt(m['distinct_values'], 0)} | "
+                         f"{_fmt(m['distinct_codes'], 0)} | {_fmt(m['largest_value_share'], 3)} | "
+                         f"{_fmt(m['type_gap'], 3)} |")
+    g = table["goals"]
+    lines += ["", "## Final codebook health and training loss (each seed)", "",
+              f"Goals: distinct codes >= {g['distinct_share']:.0%} of tasks, every position >= "
+              f"{g['min_values']} values with perplexity >= {g['min_perplexity']:g}, no value over "
+              f"{g['max_value_share']:.0%} of the table, type gap >= {g['type_gap']:g}.", "",
+              "| recipe | seed | distinct codes | fewest values at a position | lowest perplexity | "
+              "largest value's share | type gap | LM loss, last 10% of steps |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rec in table["recipes"].items():
+        for seed, r in rec["seeds"].items():
+            h = r["health"]
+            if h is None:
+                lines.append(f"| {name} | {seed} | (unfinished) | | | | | {r['lm_loss_last10']:.4f} |")
+                continue
+            lines.append(f"| {name} | {seed} | {h['distinct_codes']} / {h['tasks']} | {min(h['values_in_use'])} | "
+                         f"{min(h['perplexity']):.1f} | {h['largest_value_share']:.3f} | "
+                         f"{_fmt(h['type_gap'], 3)} | {r['lm_loss_last10']:.4f} |")
+    if any("near" in r for rec in table["recipes"].values() for r in rec["seeds"].values()):
+        tasks = list(table.get("backbone", {})) or ["glue_sst2", "trec", "ag_news"]
+        lines += ["", "## Near suite, zero-label (median accuracy over templates)", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        if "backbone" in table:
+            lines.append("| backbone | " + " | ".join(f"{table['backbone'][t]:.1f}" for t in tasks) + " |")
+        for name, rec in table["recipes"].items():
+            for seed, r in rec["seeds"].items():
+                if "near" in r:
+                    lines.append(f"| {name} {seed} | " + " | ".join(
+                        _fmt(r["near"].get(t, {}).get("median"), 1) for t in tasks) + " |")
+    return "\n".join(lines)
+
+
+def archive(runs: Path, dest: Path) -> None:
+    """The files the table is built from (no weights), under DEST/runs/."""
+    for folder in sorted(Path(runs).glob("*/seed*")):
+        target = dest / "runs" / folder.parent.name / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            if (folder / name).exists():
+                shutil.copy2(folder / name, target / name)
+        if (folder / "near" / "results.json").exists():
+            (target / "near").mkdir(exist_ok=True)
+            for name in ("results.json", "results.md", "zero_label.json", "codes.json"):
+                if (folder / "near" / name).exists():
+                    shutil.copy2(folder / "near" / name, target / "near" / name)
+    if (Path(runs) / "backbone" / "results.json").exists():
+        (dest / "runs" / "backbone").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(runs) / "backbone" / "results.json", dest / "runs" / "backbone" / "results.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ctr.experiments.codebook_proxy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    p.add_argument("--runs", default="runs/codebook_proxy", help="run folders (train, then read)")
+    p.add_argument("--out", default=None, help="write table.json, table.md and the archived inputs here")
+    p.add_argument("--near", action="store_true", help="also score zero-label on the near suite")
+    p.add_argument("--compile-only", action="store_true", help="read the runs, train nothing")
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    if not args.compile_only:
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                train_run(runs, recipe, seed, args.data_dir)
+        if args.near:
+            score_near(runs, Path(args.out or runs), args.data_dir)
+    table = compile_table(runs)
+    text = markdown(table)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        archive(runs, out)
+        write_json(out / "table.json", {**table, "provenance": provenance()})
+        (out / "table.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
