@@ -32,7 +32,8 @@ STEPS=${STEPS:-400}; BS=${BS:-64}; EBS=${EBS:-128}; MAXEX=${MAXEX:-1000}; AUDITE
 TPT=${TPT:-12}; T0MAX=${T0MAX:-}; PRESET=${PRESET:-cpu-small}
 SRC=${SRC:-256}; TGT=${TGT:-32}; SHOTS=${SHOTS:-32}; NIN=${NIN:-32}
 EV_STEPS=${EV_STEPS:-150}; EV_TEMPLATES=${EV_TEMPLATES:-3}; T0LIM=${T0LIM:-}
-TP_ARGS=${TP_ARGS:---steps 8 --tiny-steps 8}; PROF_ARGS=${PROF_ARGS:-}
+# 50 examples per T0 file: the data is read and tokenised in seconds (batches of 64 all the same)
+TP_ARGS=${TP_ARGS:---limit-examples 50 --steps 8 --tiny-steps 8}; PROF_ARGS=${PROF_ARGS:---limit-examples 50}
 CTR="python3 -m ctr.cli"
 mkdir -p "$R" "$OUT"
 AUDIT_TASKS=${AUDIT_TASKS:-"super_glue_rte super_glue_cb super_glue_copa glue_sst2 ag_news trec \

@@ -29,9 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers import PreTrainedModel
+
+try:  # transformers' attention and mask registries (4.53 on); without them nothing is packed
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    _NO_REGISTRY = None
+except ImportError as e:
+    _NO_REGISTRY = f"this transformers has no attention registry to extend ({e})"
 
 PACKED_ATTENTION = "ctr_packed"
 
@@ -185,9 +191,10 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out[None], None
 
 
-AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-# unpacked calls get SDPA's masks; packed calls pass `SKIP_MASK` and build none
-AttentionMaskInterface.register(PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+if _NO_REGISTRY is None:
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    # unpacked calls get SDPA's masks; packed calls pass `skip_mask` and build none
+    AttentionMaskInterface.register(PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def skip_mask(device: torch.device) -> torch.Tensor:
@@ -201,6 +208,8 @@ def packing_problem(backbone: PreTrainedModel) -> str | None:
     cfg = backbone.config
     if getattr(cfg, "is_encoder_decoder", False):
         return "an encoder-decoder backbone (its padded batches are kept)"
+    if _NO_REGISTRY:
+        return _NO_REGISTRY
     impl = getattr(cfg, "_attn_implementation", None)
     if impl not in ("sdpa", PACKED_ATTENTION):
         return f"attention implementation {impl!r} (packing replaces 'sdpa' only)"
