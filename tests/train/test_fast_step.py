@@ -152,6 +152,7 @@ def test_compiled_packed_passes_do_not_recompile_every_step(tiny_paths, task_fil
     from ctr.train import trainer
     monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
+    counters.clear()  # graphs counted from here (and left at 0 for the tests after this one)
     graphs = {}
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
                       train_files=[str(task_file)], code_length=3, codebook_size=8, steps=6,
@@ -159,3 +160,4 @@ def test_compiled_packed_passes_do_not_recompile_every_step(tiny_paths, task_fil
     train(cfg, hooks={"step_end": lambda step: graphs.__setitem__(step, counters["stats"]["unique_graphs"])})
     assert graphs[0] >= 1 and graphs[5] == graphs[2], graphs
     torch._dynamo.reset()
+    counters.clear()
