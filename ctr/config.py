@@ -182,6 +182,10 @@ class TrainConfig:
                                "passes of each new shape compile; weights and saves are unchanged")
     fused_adamw: Literal["auto", "yes", "no"] = opt(
         "auto", "AdamW's fused kernel (one kernel for all parameters): auto = on GPU")
+    # the training step's layout and host work (ctr.core.packing, ctr.train.step_batches)
+    packing: Literal["auto", "yes", "no"] = opt("auto", "the rows of a pass in one sequence, no padding (auto: where exact)")
+    pack_multiple: int = opt(64, "a packed sequence is end-padded to a multiple of this many positions")
+    prefetch: int = opt(2, "steps whose batches a thread samples and collates ahead (0: in the loop)")
     lr: float | None = opt(None, "peak learning rate")
     warmup_steps: int | None = opt(None, "linear warmup steps")
     projection_lr_scale: float | None = opt(

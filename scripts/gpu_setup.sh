@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Prepares a bare GPU machine for scripts/gpu_run.sh (source it: it exports the paths).
-# The device tool carries at most 64 MiB per call, so the inputs come in two calls:
-#   call 1 carries .whl (gguf, vector-quantize-pytorch and their missing deps),
-#          .dev/a/data.txz (../shared/data) and .dev/a/part_a (first 52 MB of the GGUF);
-#   call 2 carries .dev/b/part_b (the rest) and, optionally, .dev/s1 (a stage-1 run made
-#   earlier, so that a session can skip the `s1` step). Whatever arrives is kept under /tmp.
-# Made here with:  tar cJf .dev/a/data.txz -C ../shared/data .  and
-#   head -c 52000000 GGUF > .dev/a/part_a; tail -c +52000001 GGUF > .dev/b/part_b
-#   (each call's carry, plus the working tree, must stay under 64 MiB)
+# The device tool carries at most 64 MiB per call (working tree included), so the inputs come
+# in two calls; scripts/gpu_inputs.sh makes them here and prints each call's carry list:
+#   call 1 carries .whl (every package the project needs that the GPU image lacks, for
+#          CPython 3.12: scripts/gpu_wheels.py), .dev/a/data.txz (the T0 training data, the
+#          near suite and the templates of ../shared/data) and .dev/a/part_a (the GGUF's start);
+#   call 2 carries .dev/b/part_b (the rest of the GGUF) and runs `bash scripts/gpu_run.sh call`.
+# Whatever arrives is kept under /tmp (a warm machine keeps it between calls). The carried
+# wheels are checked at once: scripts/gpu_check_env.py imports every module the steps use and
+# this script fails (returns 1) naming what is missing. Its CPU dry run: scripts/gpu_dryrun.sh.
 export PYTHONPATH=/tmp/site:$PWD CTR_DATA_DIR=/tmp/data CTR_CACHE_DIR=/tmp/ctrcache PYTHONUNBUFFERED=1
-export TOKENIZERS_PARALLELISM=false
-if [ -d .whl ] && [ ! -d /tmp/site/vector_quantize_pytorch ]; then
+export TOKENIZERS_PARALLELISM=false CTR_DATA_CACHE=/tmp/ctrcache/data
+if [ -d .whl ] && [ ! -f /tmp/site/.ctr-wheels ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || return 1
+  touch /tmp/site/.ctr-wheels
 fi
-if [ -f .dev/a/data.txz ] && [ ! -d /tmp/data/t0_eval ]; then
+python3 scripts/gpu_check_env.py || return 1
+if [ -f .dev/a/data.txz ] && [ ! -d /tmp/data/t0_train ]; then
   mkdir -p /tmp/data && tar xJf .dev/a/data.txz -C /tmp/data
 fi
 [ -f .dev/a/part_a ] && mkdir -p /tmp/parts && cp .dev/a/part_a /tmp/parts/

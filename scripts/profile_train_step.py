@@ -1,47 +1,85 @@
-"""Where a CTR training step spends its time next to the bare backbone's (issue 14, ctr_step_ratio).
+"""Where the trainer's steps spend their time: a torch.profiler trace of a few steps of
+`ctr train` (stage 2 with fresh codes, then stage 1), summarised into one small text file.
 
-    OMP_NUM_THREADS=1 python scripts/profile_train_step.py [--model smollm2] [--rows 18]
+    python scripts/profile_train_step.py [--model smollm2] [--batch 64] [--steps 3] [--out FILE]
 
-One stage-2 step (forward, backward, AdamW) of each, on the batch `ctr.bench.train` times
-(8 rows, sources cut to 256 tokens), profiled with torch.profiler after two warm-up steps;
-prints both operator tables (self CPU time) and their totals.
+Each stage trains on the T0 mixture (single-answer tasks dropped, as ctr.bench.train
+--throughput does) with its default layout (packed passes where the backbone packs); step 0
+is warm-up, the next --steps are profiled between device syncs. Per stage the file gives the
+wall time per step, the host's busy time (self CPU time of all operators, profiler overhead
+included) and the device's (self time of its kernels) as shares of that wall time, and the
+operators that take the most device time and the most host time.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ctr.bench.train import make_rows, step_fn
-from ctr.config import CTRConfig
-from ctr.core.adapter import adapter_for
-from ctr.core.backbone import load_backbone
-from ctr.core.model import CTRModel
-from ctr.train.batching import collate
+from ctr.bench.train_runs import bench_config, sync
+from ctr.train.trainer import train
 
 
-def main() -> None:
+def device_time(e) -> float:
+    """Self time on the device of one operator row (the name changed across torch versions)."""
+    return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+
+
+def profile_stage(args, stage: int, out: Path) -> list[str]:
+    args.stage = stage
+    cfg = bench_config(args, out, args.model, steps=args.steps)
+    cuda = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+    marks = {}
+
+    def step_end(step):
+        if step == 0:
+            marks[0] = sync()
+            prof.start()
+        elif step == args.steps:
+            marks[1] = sync()
+            prof.stop()
+    train(cfg, stop_after=args.steps + 1, hooks={"step_end": step_end})
+    wall_us = (marks[1] - marks[0]) * 1e6
+    events = prof.key_averages()
+    host = sum(e.self_cpu_time_total for e in events)
+    dev = sum(device_time(e) for e in events)
+    lines = [f"## stage {stage}: {args.steps} steps x {args.batch} rows (micro {args.micro}), "
+             f"{wall_us / args.steps / 1e3:.1f} ms a step",
+             f"host busy {host / wall_us:.1%} of the wall time, device busy "
+             f"{dev / wall_us:.1%}" + ("" if cuda else " (no device: CPU only)"), ""]
+    cols = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    if cuda:
+        lines += ["### by device time", events.table(sort_by=cols, row_limit=args.rows), ""]
+    lines += ["### by host time", events.table(sort_by="self_cpu_time_total", row_limit=args.rows), ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--rows", type=int, default=18, help="operator rows per table")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    backbone, tok = load_backbone(args.model)
-    batch = collate(make_rows(tok, 8, 256), tok.pad_token_id, adapter_for(backbone))
-    models = {"ctr": CTRModel(backbone, CTRConfig(task_names=["t0", "t1", "t2", "t3"]), tok).train(),
-              "bare": CTRModel(backbone, CTRConfig(use_codes=False), tok).train()}
-    totals = {}
-    for name, model in models.items():
-        step = step_fn(model, batch, True)
-        step(), step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step()
-        events = prof.key_averages()
-        totals[name] = sum(e.self_cpu_time_total for e in events) / 1e6
-        print(f"===== {name}: {totals[name]:.2f} s self CPU")
-        print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
-    print(f"profiled_step_ratio={totals['ctr'] / totals['bare']:.3f}")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--micro", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3, help="profiled steps per stage (after one warm-up)")
+    ap.add_argument("--rows", type=int, default=15, help="operator rows per table")
+    ap.add_argument("--max-source-len", type=int, default=384)
+    ap.add_argument("--max-target-len", type=int, default=32)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--limit-examples", type=int, default=None)
+    ap.add_argument("--pack-multiple", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="profile_train.txt")
+    args = ap.parse_args(argv)
+    lines = [f"# Trainer profile: {args.model}, "
+             f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, torch {torch.__version__}", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in (2, 1):
+            lines += profile_stage(args, stage, Path(tmp) / f"s{stage}")
+            Path(args.out).write_text("\n".join(lines) + "\n")  # a cut run keeps the first stage
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -7,16 +7,20 @@ asks its adapter (`CTRModel.adapter`) instead of branching on the architecture:
   prompt-format ids   input and target apart, each + EOS     one joined text, cut after the input
   collate             encoder input; labels = decoder input  input + target in one row, labels aligned
   loss (forward)      encoder-decoder pass on the labels     one pass; LM head on target positions
+  packed passes       no (padded batches)                    all rows in one sequence (ctr.core.packing)
   scoring             one encoder pass, decoder per choice   input KV cache, choices continue from it
   generation          right padded; drop the start token     left padded, explicit position ids
 
 The soft prompt itself goes in front of each row's real tokens in both
-(`CTRModel.embed_inputs`); the adapter says which side the padding goes to.
+(`CTRModel.embed_inputs`, `CTRModel.embed_packed`); the adapter says which side the padding
+goes to. A training pass returns its target logits (`TargetLogits`), from which `CTRModel`
+builds its output.
 """
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -24,13 +28,25 @@ import torch
 from transformers import PreTrainedModel
 
 from ctr.core.backbone import is_encoder_decoder
+from ctr.core.packing import PackedRows, pack_rows, skip_mask, use_packed_attention
 
 # ctr.core.model builds on this module, so its classes are named here, not imported:
-# CTRModel (passed in), PreparedInputs (its embed_inputs), CTROutput (what forward returns)
-CTRModel = PreparedInputs = CTROutput = Any
+# CTRModel (passed in), PreparedInputs (its embed_inputs)
+CTRModel = PreparedInputs = Any
 IGNORE = -100  # label of a position that is not a target
 # Input/target pairs that probe whether a delimiter tokenises the same in front of any target.
 _PROBES = (("Is it good?", "negative"), ("Answer: 12", "Yes"), ("x", "1"), ("a b", "The end."))
+
+
+@dataclass
+class TargetLogits:
+    """What a training pass gives back to `CTRModel`, which turns it into its output."""
+
+    logits: torch.Tensor | None  # [N, V] logits that predict each target token (None: no labels)
+    targets: torch.Tensor | None  # [N] the target tokens
+    rows: torch.Tensor | None  # [N] the row of each target token
+    batch_size: int  # rows in the pass
+    caller_logits: torch.Tensor | None = None  # [B, T, V] in the caller's columns, when asked
 
 
 def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -105,8 +121,13 @@ class BackboneAdapter(ABC):
         """input_ids, attention_mask and labels for `CTRModel.forward`."""
 
     @abstractmethod
-    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
-        """Positions `collate` pads rows of these (source, target) lengths to, all rows together."""
+    def padded_tokens(self, lengths: list[tuple[int, int]], packed: bool = False) -> int:
+        """Positions `collate` (or, `packed`, `collate_packed`) lays rows of these (source,
+        target) lengths out on, all rows together, soft prompts and end padding left out."""
+
+    # whether rows can be packed into one sequence: then the adapter has `collate_packed`
+    # (input_ids [N] and the `packed` layout, ctr.core.packing) and `forward_packed`
+    packs: bool = False
 
     def training_flops(self, backbone: PreTrainedModel, lengths: list[tuple[int, int]], prompt_len: int,
                        frozen: bool) -> float | None:
@@ -121,8 +142,8 @@ class BackboneAdapter(ABC):
 
     @abstractmethod
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
-                return_logits: bool, target_only: bool) -> CTROutput:
-        """The loss of `labels` from prepared inputs (see `CTRModel.forward`)."""
+                return_logits: bool, target_only: bool) -> TargetLogits:
+        """The logits of `labels` from prepared inputs (see `CTRModel.forward`)."""
 
     # ---- inference -------------------------------------------------------------------
     @abstractmethod
@@ -180,7 +201,7 @@ class Seq2SeqAdapter(BackboneAdapter):
         labels = pad(targets, IGNORE, "right")  # [B, T] decoder targets start at 0
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
+    def padded_tokens(self, lengths: list[tuple[int, int]], packed: bool = False) -> int:
         # encoder rows pad to the longest source, decoder rows to the longest target
         return len(lengths) * (max(s for s, _ in lengths) + max(t for _, t in lengths)) if lengths else 0
 
@@ -188,13 +209,16 @@ class Seq2SeqAdapter(BackboneAdapter):
         return model.backbone  # training calls the whole encoder-decoder
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
-                return_logits: bool, target_only: bool) -> CTROutput:
+                return_logits: bool, target_only: bool) -> TargetLogits:
         if labels is None:
             raise ValueError("seq2seq backbones need labels (the decoder targets)")
         dec_in = model.backbone.prepare_decoder_input_ids_from_labels(labels=labels)  # [B, T]
+        # the decoder positions are the targets and their padding: the LM head runs on them
         logits = model.backbone(inputs_embeds=x.embeds, attention_mask=x.mask,
                                 decoder_input_ids=dec_in, use_cache=False).logits  # [B, T, V]
-        return model._finish(logits, labels, x.vq_loss, x.codes, logits if return_logits else None)
+        sel = labels != IGNORE
+        return TargetLogits(logits[sel], labels[sel], sel.nonzero()[:, 0], labels.shape[0],
+                            logits if return_logits else None)
 
     def choice_logits(self, model: CTRModel, x: PreparedInputs, cids: torch.Tensor,
                       cmask: torch.Tensor, pair_row: torch.Tensor) -> torch.Tensor:
@@ -264,8 +288,33 @@ class DecoderOnlyAdapter(BackboneAdapter):
                      padding_side)  # [B, S + T] aligned with input_ids
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def padded_tokens(self, lengths: list[tuple[int, int]]) -> int:
+    def padded_tokens(self, lengths: list[tuple[int, int]], packed: bool = False) -> int:
+        if packed:
+            return sum(s + t for s, t in lengths)  # one sequence for all rows
         return len(lengths) * max(s + t for s, t in lengths) if lengths else 0  # one sequence per row
+
+    packs = True
+
+    def collate_packed(self, sources: list[list[int]], targets: list[list[int]], prompt_len: int,
+                       multiple: int = 1) -> dict[str, Any]:
+        """input_ids [N] and the `packed` layout for `CTRModel.forward`."""
+        ids, packed = pack_rows(sources, targets, prompt_len, multiple)
+        return {"input_ids": ids, "packed": packed}
+
+    def forward_packed(self, model: CTRModel, embeds: torch.Tensor, packed: PackedRows,
+                       target_only: bool) -> TargetLogits:
+        """The target logits of a packed pass (embeds [1, S, H], `CTRModel.embed_packed`)."""
+        use_packed_attention(model.backbone)  # row boundaries as transformers' flash kwargs
+        cu, longest = packed.cu_seq_lens, packed.max_length
+        hidden = model.body(inputs_embeds=embeds, position_ids=packed.position_ids[None],
+                            attention_mask=skip_mask(embeds.device), use_cache=False,
+                            cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest,
+                            max_length_k=longest).last_hidden_state[0]  # [S, H]
+        if target_only:
+            logits = model.lm_logits(hidden.index_select(0, packed.predict_at))  # [T, V]
+        else:
+            logits = model.lm_logits(hidden).index_select(0, packed.predict_at)
+        return TargetLogits(logits, packed.targets, packed.target_rows, packed.rows)
 
     def trunk(self, model: CTRModel) -> torch.nn.Module:
         return model.body  # target-only training calls the body; the LM head runs on targets only
@@ -283,7 +332,7 @@ class DecoderOnlyAdapter(BackboneAdapter):
                          for P, T in positions))
 
     def forward(self, model: CTRModel, x: PreparedInputs, labels: torch.Tensor | None,
-                return_logits: bool, target_only: bool) -> CTROutput:
+                return_logits: bool, target_only: bool) -> TargetLogits:
         B, P = x.order.shape[0], x.prompt_len
         hidden = model.body(inputs_embeds=x.embeds, attention_mask=x.mask,
                             use_cache=False).last_hidden_state  # [B, P + T, H]
@@ -293,16 +342,14 @@ class DecoderOnlyAdapter(BackboneAdapter):
             inverse = torch.argsort(x.order, dim=1)
             caller_logits = full.gather(1, inverse[..., None].expand_as(full))  # caller's columns
         if labels is None:
-            return model._logits_only(x, hidden, caller_logits)
+            return TargetLogits(None, None, None, B, caller_logits)
         lab = labels.gather(1, x.order)
         if P:
             lab = torch.cat([lab.new_full((B, P), IGNORE), lab], 1)  # [B, P + T]
         h, targets = hidden[:, :-1], lab[:, 1:]  # position t predicts token t + 1
-        if target_only:
-            sel = targets != IGNORE
-            token_logits = model.lm_logits(h[sel])  # [N, V]
-            return model._finish_selected(token_logits, targets, sel, x.vq_loss, x.codes, caller_logits)
-        return model._finish(model.lm_logits(h), targets, x.vq_loss, x.codes, caller_logits)
+        sel = targets != IGNORE
+        logits = model.lm_logits(h[sel]) if target_only else model.lm_logits(h)[sel]  # [N, V]
+        return TargetLogits(logits, targets[sel], sel.nonzero()[:, 0], B, caller_logits)
 
     def choice_logits(self, model: CTRModel, x: PreparedInputs, cids: torch.Tensor,
                       cmask: torch.Tensor, pair_row: torch.Tensor) -> torch.Tensor:

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ctr.core.adapter import IGNORE, BackboneAdapter, adapter_for
+from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
 from ctr.core.backbone import load_backbone
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
+from ctr.core.outputs import CTROutput, target_output
+from ctr.core.packing import PackedRows
 from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer, seeded
@@ -32,19 +33,6 @@ BACKBONE_DIR = "backbone"
 def read_config(folder: str | Path) -> CTRConfig:
     """The CTRConfig of a saved CTR model folder (its ctr_config.json)."""
     return CTRConfig.from_dict(read_json(Path(folder) / CONFIG_FILE))
-
-
-@dataclass
-class CTROutput:
-    loss: torch.Tensor  # lm_loss + vq_weight * vq_loss
-    lm_loss: torch.Tensor  # mean token cross-entropy of the targets in this batch
-    vq_loss: torch.Tensor
-    token_loss_sum: torch.Tensor  # summed target-token loss (for exact accumulation)
-    example_loss: torch.Tensor  # [B] mean token loss per example
-    example_loss_sum: torch.Tensor  # [B] summed token loss per example
-    target_tokens: torch.Tensor  # [B] target tokens per example
-    codes: torch.Tensor | None  # [B, L]
-    logits: torch.Tensor | None = None  # aligned with the caller's tokens (HF convention)
 
 
 @dataclass
@@ -189,8 +177,12 @@ class CTRModel(nn.Module):
             task_ids = torch.as_tensor(task_ids, device=self.encoder.device).long().reshape(-1)
             if task_ids.shape[0] != batch_size:
                 raise ValueError(f"task_ids has {task_ids.shape[0]} entries for a batch of {batch_size}")
-            if task_ids.numel() and (task_ids.min() < 0 or task_ids.max() >= self.config.num_tasks):
-                raise ValueError(f"task_ids must lie in [0, {self.config.num_tasks})")
+            if task_ids.numel():  # checked on the device: a GPU does not wait for the host
+                try:  # (raises here on the CPU; on a GPU as a device-side assert)
+                    torch._assert_async((task_ids.min() >= 0) & (task_ids.max() < self.config.num_tasks),
+                                        f"task_ids must lie in [0, {self.config.num_tasks})")
+                except RuntimeError as e:
+                    raise ValueError(str(e)) from None
             q, codes, vq_loss = self._quantize_tasks(task_ids)
         else:
             codes = self.check_codes(codes, batch_size)
@@ -203,10 +195,11 @@ class CTRModel(nn.Module):
         In training with `quantize_all_tasks`, every task is encoded and quantised and the
         batch's rows are taken from that (the VQ loss is every task's). While the codebook
         warms up (the trainer sets `quantizer.quantizing` False) the encodings themselves
-        are the prompt vectors, and the codes are only reported."""
-        if not self.quantizer.quantizing:  # codebook warm-up: the encodings are the prompt
+        are the prompt vectors, the codes are only reported, and the quantizer's parameters
+        join the loss with a zero gradient (DDP expects every parameter in every pass)."""
+        if not self.quantizer.quantizing:
             z = self.encode_tasks(task_ids)
-            return z, self.quantizer.nearest(z), z.new_zeros(())
+            return z, self.quantizer.nearest(z), sum(p.sum() for p in self.quantizer.parameters()) * 0.0
         complete = self.config.quantize_all_tasks and self.training
         z = self.encode_tasks(torch.arange(self.config.num_tasks, device=task_ids.device)
                               if complete else task_ids)
@@ -263,18 +256,55 @@ class CTRModel(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         return PreparedInputs(embeds, mask, positions, codes, vq_loss, order, P)
 
+    def embed_packed(self, input_ids: torch.Tensor, packed: PackedRows, task_ids: torch.Tensor | None = None,
+                     codes: torch.Tensor | None = None, prompt: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(embeds [1, S, H], codes, vq loss) of a packed pass: each row's soft prompt right
+        before its first token, as `embed_inputs` puts it (`ctr.core.packing`)."""
+        if not self.adapter.packs:
+            raise ValueError(f"{type(self.adapter).__name__}: this backbone's rows are not packed")
+        if prompt is not None and (task_ids is not None or codes is not None):
+            raise ValueError("pass a prompt or a code/task id, not both")
+        B = packed.rows
+        prompt, codes, vq_loss = self.soft_prompt(B, task_ids, codes) if prompt is None else (
+            prompt.expand(B, *prompt.shape[-2:]), None, prompt.new_zeros(()))
+        tokens = self.backbone.get_input_embeddings()(input_ids.reshape(-1))  # [N, H]
+        P = 0 if prompt is None else prompt.shape[1]
+        if P != packed.prompt_len:
+            raise ValueError(f"the packed layout has {packed.prompt_len} prompt positions per row, "
+                             f"the model's prompt {P}")
+        parts = [prompt.reshape(B * P, -1).to(tokens.dtype)] if P else []  # prompts, tokens, a zero
+        parts += [tokens, tokens.new_zeros(1, tokens.shape[-1])]  # row that end padding reads
+        return torch.cat(parts).index_select(0, packed.layout)[None], codes, vq_loss
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
                 codes: torch.Tensor | None = None, return_logits: bool = False,
-                target_only: bool = True, prompt: torch.Tensor | None = None) -> CTROutput:
+                target_only: bool = True, prompt: torch.Tensor | None = None,
+                packed: PackedRows | None = None) -> CTROutput:
         """Loss of `labels` given `input_ids` under a task id or a code.
 
         seq2seq: `labels` are the decoder targets. Decoder-only: `input_ids` hold source and
         target tokens and `labels` is aligned with them (IGNORE on source and padding).
-        With `target_only` the LM head runs on target positions only.
+        With `target_only` the LM head runs on target positions only. `packed` (decoder-only,
+        `collate_packed`): `input_ids` [N] are the rows' tokens back to back, the layout holds
+        the rows and their targets, and no padding is computed.
         """
-        x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
-        return self.adapter.forward(self, x, labels, return_logits, target_only)
+        if packed is not None:
+            if attention_mask is not None or labels is not None or return_logits:
+                raise ValueError("a packed pass takes no attention_mask, labels or return_logits")
+            embeds, codes, vq_loss = self.embed_packed(input_ids, packed, task_ids, codes, prompt)
+            out = self.adapter.forward_packed(self, embeds, packed, target_only)
+        else:
+            x = self.embed_inputs(input_ids, attention_mask, task_ids, codes, prompt=prompt)
+            codes, vq_loss = x.codes, x.vq_loss
+            out = self.adapter.forward(self, x, labels, return_logits, target_only)
+        return self.target_output(out, vq_loss, codes)
+
+    def target_output(self, out: TargetLogits, vq_loss: torch.Tensor,
+                      codes: torch.Tensor | None) -> CTROutput:
+        """Token and row losses from an adapter's target logits (`ctr.core.outputs`)."""
+        return target_output(out, vq_loss, codes, self.config.vq_weight)
 
     @property
     def seq2seq(self) -> bool:
@@ -293,31 +323,6 @@ class CTRModel(nn.Module):
         if cap:  # e.g. Gemma 2 caps its logits inside its forward
             logits = torch.tanh(logits / cap) * cap
         return logits
-
-    def _logits_only(self, x: PreparedInputs, hidden: torch.Tensor,
-                     logits: torch.Tensor | None) -> CTROutput:
-        z, zb = hidden.new_zeros(()), hidden.new_zeros(x.order.shape[0])
-        return CTROutput(z, z, x.vq_loss, z, zb, zb, zb.long(), x.codes, logits)
-
-    def _finish(self, logits: torch.Tensor, targets: torch.Tensor, vq_loss: torch.Tensor,
-                codes: torch.Tensor | None, caller_logits: torch.Tensor | None) -> CTROutput:
-        sel = targets != IGNORE
-        return self._finish_selected(logits[sel], targets, sel, vq_loss, codes, caller_logits)
-
-    def _finish_selected(self, token_logits: torch.Tensor, targets: torch.Tensor,
-                         sel: torch.Tensor, vq_loss: torch.Tensor, codes: torch.Tensor | None,
-                         caller_logits: torch.Tensor | None) -> CTROutput:
-        token_loss = F.cross_entropy(token_logits.float(), targets[sel], reduction="none")
-        rows = sel.nonzero()[:, 0]
-        per_ex = torch.zeros(targets.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
-        counts = sel.sum(1)
-        total = token_loss.sum()
-        lm_loss = total / counts.sum().clamp(min=1)
-        vq_loss = vq_loss.float()
-        return CTROutput(
-            loss=lm_loss + self.config.vq_weight * vq_loss, lm_loss=lm_loss, vq_loss=vq_loss,
-            token_loss_sum=total, example_loss=per_ex / counts.clamp(min=1),
-            example_loss_sum=per_ex, target_tokens=counts, codes=codes, logits=caller_logits)
 
     # ---- training helpers ------------------------------------------------------------
     def freeze_backbone(self, frozen: bool = True) -> None:

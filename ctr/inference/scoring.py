@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ctr.core.adapter import cache_kwarg  # noqa: F401  (re-exported: it was defined here)
-from ctr.core.model import IGNORE, CTRModel
+from ctr.core.adapter import IGNORE, cache_kwarg  # noqa: F401  (cache_kwarg re-exported: it was defined here)
+from ctr.core.model import CTRModel
 from ctr.core.prompt_format import PromptEncoder
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class MixtureSampler:
 
 
 def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_length: bool = True,
-                  max_tokens: int | None = None) -> list[list[Encoded]]:
+                  max_tokens: int | None = None, packed: bool = False) -> list[list[Encoded]]:
     """Split one process's share of a global batch into forward passes of at most `size` rows.
 
     by_length: rows go longest first, so each pass pads its rows to similar lengths (and the
@@ -61,7 +62,8 @@ def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_l
     mean over the global batch's tokens and rows, so how rows are split changes the gradient
     by float rounding only (tests/train/test_micro_batches.py). by_length=False keeps the
     sampled order. max_tokens: a pass also closes before its padded size (the positions
-    `adapter.collate` pads it to) would exceed this budget; a longer row goes alone.
+    `adapter.collate` pads it to; `packed`: the tokens of its packed sequence) would exceed
+    this budget; a longer row goes alone.
     """
     if size < 1:
         raise ValueError(f"--micro-batch-size must be >= 1, got {size}")
@@ -72,7 +74,7 @@ def micro_batches(rows: list[Encoded], size: int, adapter: BackboneAdapter, by_l
     cur: list[Encoded] = []
     lengths = lambda rows: [(len(x.source), len(x.target)) for x in rows]
     for r in order:
-        if cur and (len(cur) == size or (max_tokens and adapter.padded_tokens(lengths(cur + [r])) > max_tokens)):
+        if cur and (len(cur) == size or (max_tokens and adapter.padded_tokens(lengths(cur + [r]), packed) > max_tokens)):
             out.append(cur)
             cur = []
         cur.append(r)
@@ -94,9 +96,16 @@ def split_passes(passes: list[list[Encoded]], n: int) -> list[list[Encoded]]:
 
 
 def collate(rows: list[Encoded], pad_id: int, seq2seq: bool | BackboneAdapter,
-            padding_side: str = "right") -> dict[str, torch.Tensor]:
+            padding_side: str = "right", pack_prompt_len: int | None = None,
+            pack_multiple: int = 1) -> dict[str, Any]:
     """Tensors for CTRModel.forward, laid out by the backbone's adapter (`model.adapter`, or
-    the older seq2seq flag): decoder-only rows are source + target in one sequence."""
-    batch = adapter_for(seq2seq).collate([r.source for r in rows], [r.target for r in rows],
-                                         pad_id, padding_side)
+    the older seq2seq flag): decoder-only rows are source + target in one sequence.
+    `pack_prompt_len` (the model's soft-prompt length): all rows in one packed sequence,
+    padded at its end to a multiple of `pack_multiple` (`ctr.core.packing`)."""
+    adapter = adapter_for(seq2seq)
+    sources, targets = [r.source for r in rows], [r.target for r in rows]
+    if pack_prompt_len is None:
+        batch = adapter.collate(sources, targets, pad_id, padding_side)
+    else:
+        batch = adapter.collate_packed(sources, targets, pack_prompt_len, pack_multiple)
     return {**batch, "task_ids": torch.tensor([r.task_id for r in rows])}

@@ -1,4 +1,5 @@
-"""Training checkpoints: model + optimizer + scheduler + step, written atomically, no pickle."""
+"""Training checkpoints: model + optimizer + scheduler + step, written atomically, no pickle;
+what a resumed run must share with its checkpoint (`check_resume`)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ctr.config import TrainConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 
 STATE_FILE = "trainer_state.json"
@@ -121,3 +123,41 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
                    if (m := _CKPT.match(p.name)))
     for _, p in found[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
+
+
+# Settings a resumed run must share with its checkpoint (the rest, e.g. --micro-batch-size,
+# --save-every or --mixed-precision, may change between the two).
+RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
+               "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
+               "task_cap", "encoder_lr_scale", "max_source_len", "max_target_len", "limit_examples",
+               "code_length",
+               "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
+               "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
+               "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
+               "codebook_lm_grad", "quantize_all_tasks", "value_offsets", "rotation_trick",
+               "code_entropy_weight", "code_entropy_temperature", "codebook_warmup_steps",
+               "codebook_recipe", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
+    """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
+    (task ids would shift, or the schedule and batches would silently change)."""
+    from ctr.core.model import CONFIG_FILE
+    saved = read_json(checkpoint / STATE_FILE).get("config") or {}
+    problems = []
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            problems.append(f"{flag} {getattr(cfg, key)!r} (checkpoint: {saved[key]!r})")
+    old_names = read_json(checkpoint / "model" / CONFIG_FILE).get("task_names", [])
+    if old_names != task_names:
+        i = next((i for i, (a, b) in enumerate(zip(old_names, task_names)) if a != b),
+                 min(len(old_names), len(task_names)))
+        at = lambda names: repr(names[i]) if i < len(names) else "nothing"
+        problems.append(f"the task list: {len(task_names)} tasks (checkpoint: {len(old_names)}), "
+                        f"first difference at task id {i}: {at(task_names)} "
+                        f"(checkpoint: {at(old_names)})")
+    if problems:
+        raise ValueError(f"--resume from {checkpoint}: this run differs from the checkpoint in "
+                         + "; ".join(problems) + ". Pass the checkpoint's settings and data to "
+                         "continue it, or use another --output-dir to start a new run")

@@ -16,20 +16,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ctr.core.backbone import load_backbone
-from ctr.train.batching import MixtureSampler, collate, encode_tasks, micro_batches, split_passes
+from ctr.train.batching import MixtureSampler, encode_tasks
 from ctr.train.dataset_cache import InMemoryRows, open_training_data
-from ctr.train.checkpoint import (STATE_FILE, latest_checkpoint, load_training_state, prune_checkpoints,
-                         save_checkpoint)
+from ctr.train.checkpoint import (check_resume, latest_checkpoint, load_training_state, prune_checkpoints,
+                                  save_checkpoint)
 from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
 from ctr.tasks.mixture import UNKNOWN_TYPE, Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
@@ -39,14 +36,12 @@ from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.train.lora import lora_summary, train_backbone
 from ctr.train.metrics import step_record, summarize_run, write_health  # noqa: F401 (summarize_run: ctr.demo)
-from ctr.train.parallelism import refuse_sharding
+from ctr.train.parallelism import make_accelerator
+from ctr.train.step_batches import StepBatches, packing_summary, resolve_packing
+from ctr.train.step_stats import StepClock, StepStats, TrainingDiverged  # noqa: F401 (TrainingDiverged: raised in training)
 from ctr.train.time_budget import TimeBudget
 
 COMPILE_BACKEND = "inductor"  # --compile's torch.compile backend (tests use a faster one)
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient; the last checkpoint on disk is the last good state."""
 
 
 def load_tasks(cfg: TrainConfig, verbose: bool = True) -> list[Task]:
@@ -144,64 +139,6 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-# Settings a resumed run must share with its checkpoint (the rest, e.g. --micro-batch-size,
-# --save-every or --mixed-precision, may change between the two).
-RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
-               "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
-               "task_cap", "encoder_lr_scale", "max_source_len", "max_target_len", "limit_examples",
-               "code_length",
-               "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
-               "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
-               "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
-               "codebook_lm_grad", "quantize_all_tasks", "value_offsets", "rotation_trick",
-               "code_entropy_weight", "code_entropy_temperature", "codebook_warmup_steps",
-               "codebook_recipe", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-
-
-def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
-    """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
-    (task ids would shift, or the schedule and batches would silently change)."""
-    saved = read_json(checkpoint / STATE_FILE).get("config") or {}
-    problems = []
-    for key in RESUME_KEYS:
-        if key in saved and saved[key] != getattr(cfg, key):
-            flag = "--" + key.replace("_", "-")
-            problems.append(f"{flag} {getattr(cfg, key)!r} (checkpoint: {saved[key]!r})")
-    old_names = read_json(checkpoint / "model" / CONFIG_FILE).get("task_names", [])
-    if old_names != task_names:
-        i = next((i for i, (a, b) in enumerate(zip(old_names, task_names)) if a != b),
-                 min(len(old_names), len(task_names)))
-        at = lambda names: repr(names[i]) if i < len(names) else "nothing"
-        problems.append(f"the task list: {len(task_names)} tasks (checkpoint: {len(old_names)}), "
-                        f"first difference at task id {i}: {at(task_names)} "
-                        f"(checkpoint: {at(old_names)})")
-    if problems:
-        raise ValueError(f"--resume from {checkpoint}: this run differs from the checkpoint in "
-                         + "; ".join(problems) + ". Pass the checkpoint's settings and data to "
-                         "continue it, or use another --output-dir to start a new run")
-
-
-def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator that is distributed whenever the launcher started several processes.
-
-    `torchrun` on a machine without GPUs sets WORLD_SIZE but Accelerate stays single-process
-    unless told to use the CPU (ACCELERATE_USE_CPU=1, `accelerate launch --cpu`): every
-    process would then train its own copy into the same folder. Here the CPU is chosen for
-    it; a state initialised earlier in the process that cannot be changed is an error."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    accel = getattr(torch, "accelerator", None)
-    has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=precision, cpu=world > 1 and not has_accelerator)
-    refuse_sharding(acc)  # FSDP / DeepSpeed: not yet (ctr.train.parallelism)
-    if world > 1 and acc.num_processes != world:
-        raise RuntimeError(
-            f"WORLD_SIZE={world} processes were launched but Accelerate set up "
-            f"{acc.num_processes}: each would train its own copy into one folder. On CPU launch "
-            "with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m ctr.cli train ...` or "
-            "`accelerate launch --cpu --num_processes N -m ctr.cli train ...`")
-    return acc
-
-
 def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | None = None,
           hooks: dict[str, Callable] | None = None) -> Path:
     """Run training; returns the folder of the final model. `stop_after` ends this call
@@ -239,6 +176,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             enable = getattr(model.backbone, "activation_checkpointing_enable", None) or \
                 model.backbone.gradient_checkpointing_enable  # its name in older transformers
             enable({"use_reentrant": False})
+    packed = resolve_packing(cfg, model)  # --packing: one sequence per pass (ctr.core.packing)
     if cfg.compile:  # in place: parameter names, state dicts and saves stay those of the module
         model.adapter.trunk(model).compile(dynamic=True, backend=COMPILE_BACKEND)
     model.train()
@@ -261,24 +199,33 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     if warmup:  # continuous task prompts until the codebook is set (ctr.core.model._quantize_tasks)
         core.quantizer.quantizing = start >= warmup
     types = [None if t.task_type == UNKNOWN_TYPE else t.task_type for t in tasks]  # for codebook health
-    tok = core.tokenizer
     encoder = PromptEncoder.for_model(core)
     encoded = data.tokenised(encoder, cfg, acc) if data is not None else InMemoryRows(
         encode_tasks(tasks, encoder, cfg.max_source_len, cfg.max_target_len))
     sampler = MixtureSampler(encoded.sizes, cfg.mixing, cfg.task_cap, cfg.seed)
+    n_proc = acc.num_processes
+    if cfg.batch_size % (n_proc * cfg.micro_batch_size):
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of {n_proc} processes "
+                         f"x --micro-batch-size {cfg.micro_batch_size}")
+    prompt_len = core.config.code_length if core.config.use_codes else 0
+    # the batches of the next steps, sampled and collated by a worker thread (ctr.train.step_batches)
+    batches = StepBatches(encoded, sampler, cfg, core.adapter, core.tokenizer.pad_token_id,
+                          prompt_len if packed else None, acc.process_index, n_proc,
+                          pin=acc.device.type == "cuda")
     if acc.is_main_process:
         write_json(out / "train_config.json", dataclasses.asdict(cfg))
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"[ctr] stage {cfg.stage}: {len(tasks)} tasks, {n_train:,} trainable parameters, "
               f"{cfg.steps} steps x {cfg.batch_size} examples, device {acc.device}")
+        print(f"[ctr] {packing_summary(core, packed, acc.device, precision)}")
         if core.config.lora:
             print(f"[ctr] {lora_summary(core)}")
 
-    n_proc = acc.num_processes
-    if cfg.batch_size % (n_proc * cfg.micro_batch_size):
-        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of {n_proc} processes "
-                         f"x --micro-batch-size {cfg.micro_batch_size}")
-    per_process = cfg.batch_size // n_proc
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # loss sums and the non-finite flag stay on the device; read when due (ctr.train.step_stats)
+    stats = StepStats(acc.device, core.config.vq_weight,
+                      (lambda t: acc.reduce(t, reduction="sum")) if n_proc > 1 else None)
+    clock = StepClock(start)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"stage {cfg.stage}",
                disable=not acc.is_main_process, dynamic_ncols=True)
     last_good = None
@@ -286,51 +233,38 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     for step in bar:
         if step >= cfg.steps:  # --max-minutes set fewer steps
             break
-        t0 = time.time()
+        batch = batches.get(step)  # prepared ahead: this process's passes of the global batch
         if warmup and step == warmup:  # the warm-up ends: k-means on every task's encoding
             core.kmeans_init(seed=cfg.seed * 1_000_003 + step)
             core.quantizer.quantizing = True
         # dropout, per step and process (each process's shard gets its own masks)
         torch.manual_seed(cfg.seed * 1_000_003 + step + 1_000_000_007 * acc.process_index)
-        # every process knows the global batch; it trains on its contiguous shard
-        global_rows = encoded.rows(sampler.batch(step, cfg.batch_size))
-        n_tokens = sum(len(r.target) for r in global_rows)
-        n_inputs = sum(len(r.source) for r in global_rows) + n_tokens  # real token ids, no padding
-        rows = global_rows[acc.process_index * per_process:(acc.process_index + 1) * per_process]
-        sums = torch.zeros(2, dtype=torch.float64)  # this process's share of lm / vq loss
-        chunks = micro_batches(rows, cfg.micro_batch_size, core.adapter, cfg.group_by_length,
-                               cfg.micro_batch_tokens)
-        if n_proc > 1 and cfg.micro_batch_tokens:  # as many passes on every process
-            chunks = split_passes(chunks, int(acc.gather(torch.tensor([len(chunks)], device=acc.device)).max()))
-        for k, chunk in enumerate(chunks):
+        stats.begin(step)
+        for k, p in enumerate(batch.passes):
             if "micro_batch" in hooks:  # the rows of this forward pass (ctr.bench.throughput)
-                hooks["micro_batch"](step, chunk)
-            batch = {n: v.to(acc.device) for n, v in collate(chunk, tok.pad_token_id, core.adapter).items()}
+                hooks["micro_batch"](step, p.rows)
+            inputs = p.to(acc.device)
             if cfg.no_codes:
-                batch.pop("task_ids")
-            sync = acc.no_sync(model) if k < len(chunks) - 1 else contextlib.nullcontext()
+                inputs.pop("task_ids")
+            sync = acc.no_sync(model) if k < len(batch.passes) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
-                o = model(**batch, target_only=cfg.target_only_logits)
+                o = model(**inputs, target_only=cfg.target_only_logits)
                 if "after_forward" in hooks:
                     o = hooks["after_forward"](step, o)
                 # token mean and VQ row mean over the whole global batch, whatever the
                 # micro-batching; x n_proc undoes DDP's gradient average
-                lm = o.token_loss_sum / n_tokens
-                vq = o.vq_loss * (len(chunk) / cfg.batch_size)  # o.vq_loss: this pass's row mean
+                lm = o.token_loss_sum / batch.n_tokens
+                vq = o.vq_loss * (len(p.rows) / cfg.batch_size)  # o.vq_loss: this pass's row mean
                 acc.backward((lm + core.config.vq_weight * vq) * n_proc)
-            sums += torch.tensor([lm.item(), vq.item()], dtype=torch.float64)
+            stats.add(lm, vq)
         if "before_update" in hooks:  # the accumulated gradients, before clipping
             hooks["before_update"](step, core)
-        if n_proc > 1:
-            sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
-        stats = {"loss": float(sums[0] + core.config.vq_weight * sums[1]),
-                 "lm_loss": float(sums[0]), "vq_loss": float(sums[1])}
-        grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                        cfg.grad_clip)
-        if not (math.isfinite(stats["loss"]) and math.isfinite(float(grad_norm))):
-            raise TrainingDiverged(
-                f"non-finite loss/gradient at step {step} (loss {stats['loss']}, grad norm "
-                f"{float(grad_norm)}); no update applied. Last good checkpoint: {last_good or 'none'}")
+        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip)  # foreach kernels on GPU
+        stats.end(grad_norm)
+        done = step + 1
+        ends = done >= cfg.steps or (stop_after is not None and done - start >= stop_after)
+        due = done % cfg.log_every == 0 or done % cfg.save_every == 0 or ends
+        losses = stats.read(step, last_good) if due else None  # host sync; raises before the update
         optimizer.step()
         decided = budget.after_step(step + 1, core)  # may set cfg.steps, before the next lr
         if decided:
@@ -339,18 +273,25 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         optimizer.zero_grad(set_to_none=True)
         if revival:  # revival vectors drawn from a per-step generator, alike on every process
             core.quantizer.end_step(seed=cfg.seed * 1_000_003 + step)
-        done = step + 1
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", vq=f"{stats['vq_loss']:.3f}")
-        step_time, logged = time.time() - t0, done % cfg.log_every == 0 or done == cfg.steps
-        record = lambda: step_record(done, stats, scheduler.get_last_lr()[0], grad_norm, step_time,
-                                     n_inputs, decided, core, revival, types)  # noqa: E731 (built when logged)
-        if acc.is_main_process and logged:
-            append_jsonl(out / "metrics.jsonl", record())
+        if "step_end" in hooks:  # the step's work is queued (ctr.bench.throughput times it)
+            hooks["step_end"](step)
+        logged = done % cfg.log_every == 0 or done == cfg.steps
+
+        def log_step():  # reads the losses (every process: reduced over all) and the grad norm
+            nonlocal losses
+            losses = losses or stats.read(step, last_good, updated=True)
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", vq=f"{losses['vq_loss']:.3f}")
+            if acc.is_main_process:
+                append_jsonl(out / "metrics.jsonl", step_record(
+                    done, losses, scheduler.get_last_lr()[0], grad_norm, clock.lap(done),
+                    batch.n_inputs, decided, core, revival, types))
+        if logged:
+            log_step()
         if done % cfg.save_every == 0 and done < cfg.steps and budget.may_save:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 last_good = out / f"checkpoint-{done:07d}"
-                with budget.saving():
+                with budget.saving(), clock.paused():
                     save_checkpoint(last_good, core, optimizer, scheduler, done,
                                     {"config": dataclasses.asdict(cfg), **budget.state()})
                 prune_checkpoints(out, cfg.keep_checkpoints)
@@ -358,8 +299,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             acc.wait_for_everyone()  # the checkpoint is on disk when any process returns
             return out
         if budget.out_of_time(done, core):  # ends with final/ inside --max-minutes
-            if acc.is_main_process and not logged:  # the last step is always in metrics.jsonl
-                append_jsonl(out / "metrics.jsonl", record())
+            if not logged:  # the last step is always in metrics.jsonl
+                log_step()
             break
     acc.wait_for_everyone()
     final = out / "final"

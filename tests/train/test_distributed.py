@@ -89,8 +89,10 @@ def runs(tiny_paths, tmp_path_factory):
     one["s2"] = train(TrainConfig(**c("one_s2", **s2)))
     lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
     one["lora"] = train(TrainConfig(**c("one_lora", **lora)))
-    # a token budget per forward pass: the two processes' shards plan different pass counts
-    tok = dict(s2, micro_batch_tokens=TOKEN_BUDGET)
+    # a token budget per forward pass: the two processes' shards plan different pass counts.
+    # Stage 2 with fresh codes (--joint): continuing one["s1"] would adopt its dead-code
+    # threshold, whose revival depends on the pass count (what --micro-batch-tokens refuses)
+    tok = dict(stage=2, joint=True, micro_batch_tokens=TOKEN_BUDGET)
     one["tok"] = train(TrainConfig(**c("one_tok", **tok)))
     one["tok_cfg"] = TrainConfig(**c("plan", micro_batch_tokens=TOKEN_BUDGET))
     cli = ["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
@@ -147,7 +149,8 @@ def test_the_token_budget_case_has_processes_planning_different_pass_counts(runs
     for step in range(cfg.steps):  # each process's contiguous shard of the global batch
         batch = [rows[t][i] for t, i in sampler.batch(step, cfg.batch_size)]
         half = cfg.batch_size // 2
-        plans.append([len(micro_batches(shard, cfg.micro_batch_size, model.adapter, True, TOKEN_BUDGET))
+        plans.append([len(micro_batches(shard, cfg.micro_batch_size, model.adapter, True, TOKEN_BUDGET,
+                                        packed=True))  # as the trainer plans packed passes
                       for shard in (batch[:half], batch[half:])])
     assert any(a != b for a, b in plans), plans
 
@@ -159,6 +162,8 @@ def test_two_processes_train_the_one_process_model(runs, name):
     # code usage decays per forward pass and a token budget plans other pass counts on one
     # process than on two (so --micro-batch-tokens refuses --dead-code-threshold, its only reader)
     assert_same_weights(one[name], two / "final", skip=("quantizer.usage",) if name == "tok" else ())
+    for run in (root / f"one_{name}", two):  # packed passes (the default where exact)
+        assert json.loads((run / "train_config.json").read_text())["packing"] == "yes"
     ra, rb = records(root / f"one_{name}"), records(two)
     steps = TrainConfig(preset="tiny").steps
     # one record per step: the main process alone writes, and the schedule steps once

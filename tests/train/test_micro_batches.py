@@ -118,22 +118,28 @@ def test_grouped_micro_batches_give_the_one_pass_loss_and_gradients(tiny_paths, 
             torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-5, msg=f"{name}: {n}")
 
 
-def test_throughput_benchmark_times_both_orders_on_the_same_batches(tiny_paths, tmp_path, capsys):
+def test_throughput_benchmark_times_every_layout_on_the_same_batches(tiny_paths, tmp_path, capsys):
     from conftest import write_t0_folder
     from ctr.bench.train import main
     data = write_t0_folder(tmp_path / "data")
     out = tmp_path / "throughput.json"
     main(["--throughput", "--model", str(tiny_paths["llama"]), "--data-dir", str(data),
-          "--batch", "8", "--micro", "2", "--max-source-len", "32", "--max-target-len", "8",
-          "--out", str(out)])
+          "--batch", "8", "--micro", "4", "--max-source-len", "32", "--max-target-len", "8",
+          "--tiny-steps", "2", "--pack-multiple", "8", "--out", str(out)])
     result = json.loads(out.read_text())
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == (f"tokens_per_s={result['tokens_per_s']} mfu=na "
-                    f"grouped_speedup={result['grouped_speedup']}")
+                    f"grouped_speedup={result['grouped_speedup']} "
+                    f"padded_per_token={result['padded_per_token']['packed']} "
+                    f"host_overhead={result['host_overhead']['ratio']}")
     assert result["timed_steps_per_variant"] == 2 * 2  # two runs of two timed steps
     assert result["real_tokens"] > 0 and result["tokens_per_s"] > 0
     pad = result["padded_positions"]
-    assert result["real_tokens"] <= pad["grouped"] < pad["sampled"]  # same rows, less padding
+    # same rows: packing pads only the end of each pass, grouping less than the sampled order
+    assert result["real_tokens"] <= pad["packed"] < pad["grouped"] < pad["sampled"]
+    overhead = result["host_overhead"]
+    assert overhead["trainer_s"] > 0 and overhead["bare_s"] > 0
+    assert overhead["ratio"] == round(overhead["trainer_s"] / overhead["bare_s"], 3)
 
 
 def test_split_passes_halves_the_largest_until_there_are_n():
