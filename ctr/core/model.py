@@ -199,7 +199,8 @@ class CTRModel(nn.Module):
         join the loss with a zero gradient (DDP expects every parameter in every pass)."""
         if not self.quantizer.quantizing:
             z = self.encode_tasks(task_ids)
-            return z, self.quantizer.nearest(z), sum(p.sum() for p in self.quantizer.parameters()) * 0.0
+            unused = sum((p.sum() * 0.0 for p in self.quantizer.parameters()), z.new_zeros(()))
+            return z, self.quantizer.nearest(z), unused
         complete = self.config.quantize_all_tasks and self.training
         z = self.encode_tasks(torch.arange(self.config.num_tasks, device=task_ids.device)
                               if complete else task_ids)
