@@ -80,7 +80,8 @@ def runs(tiny_paths, tmp_path_factory):
     # from every task's encodings, so one process's two passes equal two processes' one
     every = dict(quantizer="ema", quantize_all_tasks=True, dead_code_threshold=REVIVAL)
     # continuous prompts for 2 steps, then k-means of every task's encoding
-    warm = dict(quantize_all_tasks=True, codebook_warmup_steps=2, dead_code_threshold=REVIVAL)
+    warm = dict(quantizer="ema", quantize_all_tasks=True, codebook_warmup_steps=2,
+                dead_code_threshold=REVIVAL, value_offsets=True)
     one = {"s1": train(TrainConfig(**c("one_s1", **s1))),
            "ema": train(TrainConfig(**c("one_ema", micro_batch_size=4, **ema))),
            "all": train(TrainConfig(**c("one_all", **every))),
@@ -175,7 +176,8 @@ def test_two_processes_train_the_one_process_model(runs, name):
         assert y["code_perplexity"] == x["code_perplexity"]
     if name in ("s1", "all", "warm"):  # revival alike on every process
         assert [r["revived_codes"] for r in rb] == [r["revived_codes"] for r in ra]
-        assert sum(r["revived_codes"] for r in rb) > 0
+        # k-means leaves every value of the small warm-started codebook in use
+        assert sum(r["revived_codes"] for r in rb) > 0 or name == "warm"
         assert json.loads((two / "code_table.json").read_text()) == \
             json.loads((root / f"one_{name}" / "code_table.json").read_text())
 
