@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -57,6 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ctr.train.metrics import summarize_run
     from ctr.train.trainer import train
     cfg = dataclass_from_args(TrainConfig, args)
+    if args.print_config:  # the values the run would use: preset and codebook recipe resolved
+        print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        return 0
     from accelerate import PartialState
     final = train(cfg, stop_after=args.stop_after)
     if (PartialState().is_main_process and (Path(cfg.output_dir) / "metrics.jsonl").exists()
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, TrainConfig)
     p.add_argument("--stop-after", type=int, default=None,
                    help="end this call after N steps without a final save (time-sliced jobs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved training config (preset and codebook recipe filled "
+                        "in) as JSON and exit without training")
     p.set_defaults(func=cmd_train)
     from ctr.inference.evaluate import EvalConfig
     p = sub.add_parser("eval", help="T0-style rank-classification evaluation",
