@@ -55,8 +55,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
+# SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the
+# chosen codes are scored on the same first two templates of each task. A 2-core CPU scores
+# about 10 sequences a second, so the ~250 candidate codes are compared on 8 unlabelled
+# inputs under one template (2,000 requests a task)
 NEAR = dict(suite="near", max_examples=1000, batch_size=64)
-ZERO_LABEL = dict(n_inputs=32, max_templates=3)
+EVAL_TEMPLATES = 2
+ZERO_LABEL = dict(n_inputs=8, max_templates=1, eval_max_templates=EVAL_TEMPLATES)
 KEPT = ("metrics.jsonl", "train_config.json", "code_table.json", HEALTH_FILE, "time_budget.json")
 
 
@@ -73,11 +78,12 @@ def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -
     return out
 
 
-def score_near(runs: Path, out: Path, data_dir: str | None = None) -> None:
-    """Zero-label on the near suite for every finished run, and the backbone once."""
+def score_near(runs: Path, recipes: list[str], seeds: list[int], data_dir: str | None = None) -> None:
+    """Zero-label on the near suite for the given finished runs, and the backbone once."""
     if not (runs / "backbone" / "results.json").exists():
-        run_eval(EvalConfig(model="smollm2", output_dir=str(runs / "backbone"), data_dir=data_dir, **NEAR))
-    for folder in sorted(runs.glob("*/seed*")):
+        run_eval(EvalConfig(model="smollm2", output_dir=str(runs / "backbone"), data_dir=data_dir,
+                            max_templates=EVAL_TEMPLATES, **NEAR))
+    for folder in (run_dir(runs, r, s) for r in recipes for s in seeds):
         if (folder / "final").exists() and not (folder / "near" / "results.json").exists():
             run_zero_label(ZeroLabelConfig(checkpoint=str(folder), output_dir=str(folder / "near"),
                                            data_dir=data_dir, **NEAR, **ZERO_LABEL))
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 train_run(runs, recipe, seed, args.data_dir)
         if args.near:
-            score_near(runs, Path(args.out or runs), args.data_dir)
+            score_near(runs, args.recipes, args.seeds, args.data_dir)
     table = compile_table(runs)
     text = markdown(table)
     print(text)
