@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ctr.modes import TrainMode
 from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
 
 
@@ -152,7 +153,13 @@ class TrainConfig:
 
     output_dir: str = opt("runs/ctr", "folder for checkpoints, metrics.jsonl and the final model")
     model: str = opt("smollm2", "backbone: 'smollm2' (embedded default), a local HF folder or a hub id")
-    stage: int = opt(1, "1: backbone frozen; 2: everything trainable (needs --init-from)")
+    mode: Literal["codebook", "finetune", "joint", "baseline"] | None = opt(
+        None, "what the run trains: codebook (stage 1, the LM frozen), finetune (stage 2: "
+              "everything, from the stage-1 model of --init-from), joint (fresh codes and the LM "
+              "together), baseline (the LM without codes); default from --stage, --no-codes and "
+              "--joint, which name the same modes")
+    stage: int = opt(1, "1: backbone frozen; 2: everything trainable (needs --init-from); "
+                        "the same as --mode codebook / finetune")
     init_from: str | None = opt(None, "CTR checkpoint to start from (stage 2: the stage-1 result)")
     preset: str = opt("cpu-small", "hyper-parameter preset: paper, cpu-small, cpu-demo, tiny")
     data_dir: str | None = opt(None, "T0 data folder (default: $CTR_DATA_DIR or ../shared/data)")
@@ -275,8 +282,7 @@ class TrainConfig:
               "(ctr.train.time_budget)")
 
     def __post_init__(self) -> None:
-        if self.stage not in (1, 2):
-            raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        self._resolve_mode()
         if self.gradient_checkpointing and self.stage == 1:
             raise ValueError("--gradient-checkpointing saves memory in stage 2; stage 1 keeps the "
                              "frozen LM in eval mode, where checkpointing does nothing")
@@ -289,16 +295,14 @@ class TrainConfig:
                              "datasets are read through the data cache")
         if self.lora and self.stage != 2:
             raise ValueError("--lora trains adapters on the backbone: use it with --stage 2 "
-                             "(stage 1 keeps the backbone frozen)")
+                             "(--mode finetune / joint / baseline); stage 1 keeps it frozen")
         if self.lora_r < 1:
             raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
-        if self.no_codes and self.stage == 1:
-            raise ValueError("--no-codes trains the backbone itself: use it with --stage 2")
-        if self.joint and (self.stage != 2 or self.init_from or self.no_codes):
-            raise ValueError("--joint trains fresh codes and the backbone together: use it with "
-                             "--stage 2, without --init-from and without --no-codes")
+        if self.mode is TrainMode.JOINT and self.init_from:
+            raise ValueError("--mode joint (--joint) trains fresh codes and the backbone together: "
+                             "drop --init-from (or use --mode finetune to continue a stage-1 model)")
         self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
@@ -322,6 +326,23 @@ class TrainConfig:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
+
+
+    def _resolve_mode(self) -> None:
+        """`mode` from --mode or from the older flags, which are then set to match it."""
+        named = TrainMode.from_flags(self.stage, self.no_codes, self.joint)
+        if self.mode is None:
+            self.mode = named
+            return
+        check_choice("--mode", self.mode, tuple(m.value for m in TrainMode))
+        mode = TrainMode(self.mode)
+        # the older flags at their defaults name CODEBOOK; any other value must agree
+        if named is not TrainMode.CODEBOOK and named is not mode:
+            raise ValueError(f"--mode {mode.value} contradicts --stage {self.stage}"
+                             f"{' --no-codes' if self.no_codes else ''}{' --joint' if self.joint else ''} "
+                             f"(which name --mode {named.value}): pass --mode alone")
+        self.mode = mode
+        self.stage, self.no_codes, self.joint = mode.stage, mode is TrainMode.BASELINE, mode is TrainMode.JOINT
 
 
 # With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays

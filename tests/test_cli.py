@@ -39,3 +39,36 @@ def test_print_config_shows_the_resolved_values_and_trains_nothing(tmp_path, cap
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["quantizer"] == "ema" and cfg["codebook_recipe"] == "paper"
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_one_mode_names_what_a_run_trains_and_the_older_flags_are_its_aliases():
+    import pytest
+
+    from ctr.config import TrainConfig
+    from ctr.modes import TrainMode
+    cases = {("--mode", "codebook"): (TrainMode.CODEBOOK, 1, False, False),
+             ("--stage", "1"): (TrainMode.CODEBOOK, 1, False, False),
+             ("--mode", "finetune"): (TrainMode.FINETUNE, 2, False, False),
+             ("--stage", "2"): (TrainMode.FINETUNE, 2, False, False),
+             ("--mode", "joint"): (TrainMode.JOINT, 2, False, True),
+             ("--stage", "2", "--joint"): (TrainMode.JOINT, 2, False, True),
+             ("--mode", "baseline"): (TrainMode.BASELINE, 2, True, False),
+             ("--stage", "2", "--no-codes"): (TrainMode.BASELINE, 2, True, False)}
+    for argv, (mode, stage, no_codes, joint) in cases.items():
+        cfg = TrainConfig(**{k: v for k, v in vars(parse("train", *argv)).items()
+                             if k in TrainConfig.__dataclass_fields__})
+        assert (cfg.mode, cfg.stage, cfg.no_codes, cfg.joint) == (mode, stage, no_codes, joint), argv
+        assert cfg.mode.stage == stage and cfg.mode.uses_codes == (mode is not TrainMode.BASELINE)
+    # the preset is read for the mode's stage (stage 2 has its own learning rate)
+    assert TrainConfig(mode="finetune").lr == TrainConfig(stage=2).lr != TrainConfig().lr
+    # a mode and a flag naming another one; a flag combination naming none
+    with pytest.raises(ValueError, match="--mode baseline contradicts --stage 2 --joint"):
+        TrainConfig(mode="baseline", stage=2, joint=True)
+    with pytest.raises(ValueError, match="--no-codes .* stage 1 keeps frozen.*--mode baseline"):
+        TrainConfig(stage=1, no_codes=True)
+    with pytest.raises(ValueError, match="pass one"):
+        TrainConfig(stage=2, joint=True, no_codes=True)
+    with pytest.raises(ValueError, match="--mode must be one of"):
+        TrainConfig(mode="stage3")
+    with pytest.raises(ValueError, match="drop --init-from"):
+        TrainConfig(mode="joint", init_from="runs/s1")

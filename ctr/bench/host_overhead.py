@@ -20,9 +20,8 @@ from ctr.bench.train_runs import bench_config, sync, timed_run
 from ctr.core.testing import tiny_backbone
 from ctr.train.batching import collate
 from ctr.train.dataset_cache import open_training_data
-from ctr.train.lora import train_backbone
 from ctr.train.step_batches import resolve_packing
-from ctr.train.trainer import build_model, make_optimizer
+from ctr.train.trainer import build_model, make_optimizer, set_trainable
 
 
 def save_tiny_llama(tok, path: Path) -> Path:
@@ -37,10 +36,7 @@ def bare_steps(cfg, passes, device: torch.device):
     """A function running the bare steps of `passes` [(step, rows)]; returns seconds."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, open_training_data(cfg, verbose=False).tasks)
-    if cfg.stage == 1:
-        model.freeze_backbone()
-    else:
-        train_backbone(model, cfg)
+    set_trainable(model, cfg)
     packed = resolve_packing(cfg, model)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
@@ -50,7 +46,7 @@ def bare_steps(cfg, passes, device: torch.device):
     for step, rows in passes:
         inputs = collate(rows, pad, model.adapter, pack_prompt_len=prompt if packed else None,
                          pack_multiple=cfg.pack_multiple)
-        if cfg.no_codes:
+        if not cfg.mode.uses_codes:
             inputs.pop("task_ids")
         steps.setdefault(step, []).append((rows, {k: v.to(device) for k, v in inputs.items()}))
     n_tokens = {s: sum(len(r.target) for rows, _ in ps for r in rows) for s, ps in steps.items()}

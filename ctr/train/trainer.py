@@ -28,6 +28,7 @@ from ctr.train.dataset_cache import InMemoryRows, open_training_data
 from ctr.train.checkpoint import (check_resume, latest_checkpoint, load_training_state, prune_checkpoints,
                                   save_checkpoint)
 from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
+from ctr.modes import TrainMode
 from ctr.tasks.mixture import UNKNOWN_TYPE, Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ctr.core.loading import require_model_dir
@@ -72,7 +73,7 @@ def description_vectors(backbone, tokenizer, tasks: list[Task]) -> torch.Tensor:
 
 def continues_codes(cfg: TrainConfig) -> bool:
     """Stage 2 from a stage-1 checkpoint: the CTR module goes on as stage 1 built it."""
-    return cfg.stage == 2 and bool(cfg.init_from) and not cfg.no_codes and not cfg.joint
+    return cfg.mode is TrainMode.FINETUNE and bool(cfg.init_from)
 
 
 def adopt_model_options(cfg: TrainConfig) -> None:
@@ -90,18 +91,27 @@ def adopt_model_options(cfg: TrainConfig) -> None:
     cfg.codebook_recipe = None  # the module is --init-from's: its options are recorded above
 
 
+def set_trainable(model: CTRModel, cfg: TrainConfig) -> None:
+    """The backbone frozen (--mode codebook), else trained whole or through LoRA adapters
+    (--lora, ctr.train.lora)."""
+    if cfg.mode is TrainMode.CODEBOOK:
+        model.freeze_backbone()
+    else:
+        train_backbone(model, cfg)
+
+
 def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
-    if cfg.stage == 2 and not cfg.no_codes and not cfg.joint:
+    if cfg.mode is TrainMode.FINETUNE:
         if not cfg.init_from:
-            raise ValueError("--stage 2 starts from a stage-1 checkpoint: pass --init-from PATH "
-                             "(or --joint to train fresh codes with the backbone)")
+            raise ValueError("--mode finetune (--stage 2) starts from a stage-1 checkpoint: pass "
+                             "--init-from PATH (or --mode joint to train fresh codes with the backbone)")
         model = CTRModel.from_pretrained(require_model_dir(cfg.init_from, "--init-from"))
         if [t.name for t in tasks] != model.config.task_names:
             raise ValueError(f"--init-from {cfg.init_from}: its tasks differ from the training data "
                              "(same --tasks / --max-tasks / --drop-single-answer as stage 1?)")
         return model
     backbone, tok = load_backbone(cfg.model)
-    ctr_cfg = CTRConfig(task_names=[t.name for t in tasks], use_codes=not cfg.no_codes,
+    ctr_cfg = CTRConfig(task_names=[t.name for t in tasks], use_codes=cfg.mode.uses_codes,
                         backbone=cfg.model, **{k: getattr(cfg, k) for k in MODEL_KEYS})
     vectors = description_vectors(backbone, tok, tasks) if cfg.task_init == "description" else None
     model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors)
@@ -168,14 +178,11 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
         model = CTRModel.from_pretrained(resume_from / "model")
     else:
         model = build_model(cfg, tasks)
-    if cfg.stage == 1:
-        model.freeze_backbone()
-    else:
-        train_backbone(model, cfg)  # whole, or LoRA adapters with --lora (ctr.train.lora)
-        if cfg.gradient_checkpointing:  # non-reentrant: the soft prompt's gradient passes through
-            enable = getattr(model.backbone, "activation_checkpointing_enable", None) or \
-                model.backbone.gradient_checkpointing_enable  # its name in older transformers
-            enable({"use_reentrant": False})
+    set_trainable(model, cfg)
+    if cfg.gradient_checkpointing:  # stage 2 only; non-reentrant: the prompt's gradient passes through
+        enable = getattr(model.backbone, "activation_checkpointing_enable", None) or \
+            model.backbone.gradient_checkpointing_enable  # its name in older transformers
+        enable({"use_reentrant": False})
     packed = resolve_packing(cfg, model)  # --packing: one sequence per pass (ctr.core.packing)
     if cfg.compile:  # in place: parameter names, state dicts and saves stay those of the module
         model.adapter.trunk(model).compile(dynamic=True, backend=COMPILE_BACKEND)
@@ -195,7 +202,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     revival = core.config.use_codes and (core.config.quantizer == "plain" or core.config.quantize_all_tasks)
     if revival:
         core.quantizer.defer_usage = True
-    warmup = cfg.codebook_warmup_steps if core.config.use_codes and cfg.stage == 1 else 0
+    warmup = cfg.codebook_warmup_steps if core.config.use_codes and cfg.mode is TrainMode.CODEBOOK else 0
     if warmup:  # continuous task prompts until the codebook is set (ctr.core.model._quantize_tasks)
         core.quantizer.quantizing = start >= warmup
     types = [None if t.task_type == UNKNOWN_TYPE else t.task_type for t in tasks]  # for codebook health
@@ -244,7 +251,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
             if "micro_batch" in hooks:  # the rows of this forward pass (ctr.bench.throughput)
                 hooks["micro_batch"](step, p.rows)
             inputs = p.to(acc.device)
-            if cfg.no_codes:
+            if not cfg.mode.uses_codes:
                 inputs.pop("task_ids")
             sync = acc.no_sync(model) if k < len(batch.passes) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():

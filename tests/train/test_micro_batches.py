@@ -139,7 +139,8 @@ def test_throughput_benchmark_times_every_layout_on_the_same_batches(tiny_paths,
     assert result["real_tokens"] <= pad["packed"] < pad["grouped"] < pad["sampled"]
     overhead = result["host_overhead"]
     assert overhead["trainer_s"] > 0 and overhead["bare_s"] > 0
-    assert overhead["ratio"] == round(overhead["trainer_s"] / overhead["bare_s"], 3)
+    # the ratio of the unrounded times; the times are stored rounded to 4 digits
+    assert overhead["ratio"] == pytest.approx(overhead["trainer_s"] / overhead["bare_s"], abs=2e-3)
 
 
 def test_split_passes_halves_the_largest_until_there_are_n():
