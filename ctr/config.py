@@ -327,7 +327,6 @@ class TrainConfig:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
 
-
     def _resolve_mode(self) -> None:
         """`mode` from --mode or from the older flags, which are then set to match it."""
         named = TrainMode.from_flags(self.stage, self.no_codes, self.joint)
