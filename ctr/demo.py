@@ -1,41 +1,50 @@
-"""`make demo`: the main job on the embedded SmolLM2, on CPU, in about 15 minutes.
+"""`make demo`: CTR on the embedded SmolLM2, on CPU, from the project's releases.
 
-1. Stage-1 CTR codebook (LM frozen) on 20 short-input tasks of the T0 sample: sentiment
-   (`amazon_polarity_*`), topic (`ag_news_*`) and paraphrase (`glue_qqp_*`), 40 steps of 8
-   examples of at most 64 source tokens. Prints the loss curve, the code table by task type and codebook use.
-   `--stage1 NAME` starts from a released codebook of these 20 tasks instead (e.g.
-   `smollm2-near20-s1` under checkpoints/, or any stage-1 run folder), as a user starts
-   from a released model: no stage-1 training, offline.
-2. Stage 2 from that codebook (LM trained too) and the multi-task prompted baseline (the
-   same LM training without codes), the same data, 50 steps each.
-3. SST-2, a held-out sentiment dataset (neither SST-2 nor Rotten Tomatoes is in the
-   mixture): the bare backbone, the baseline, and CTR zero-label (Code Ensemble over the
-   20 training codes, 16 unlabelled inputs, no label read) after each stage, side by side,
-   on 100 validation examples x 2 templates.
-4. What the codes did: the stage-2 model on the same SST-2 examples under the best code of
-   each task type, and how much the training codes agree with their majority vote.
+1. A short live stage-1 run on the mixture (20 tasks of the T0 sample: sentiment
+   `amazon_polarity_*`, topic `ag_news_*`, paraphrase `glue_qqp_*`): its falling loss and the
+   codes the tasks got. It shows training; nothing below uses it.
+2. From the releases under checkpoints/ (trained on the same 20 tasks by `ctr train`, see their
+   model cards), on SST-2, a sentiment dataset that is not in the mixture: the full validation
+   set (872 examples) under every original-task template, scored for the bare backbone, the
+   multi-task prompted baseline (LoRA, no codes), and CTR stage 1 and stage 2 zero-label (Code
+   Ensemble over the 20 training codes on unlabelled training-split inputs, no label read).
+   Each with a 95% bootstrap interval over examples, the paired difference to the backbone and
+   CTR stage 2 minus the baseline (ctr.experiments.demo_table).
+3. What the codes did: the code chosen, its training task, how much the codes agree.
+
+`--train` (`make demo-train`) trains the three models from scratch with the releases' recipe
+(`recipe`) instead of loading the releases, then prints the same table.
+Outputs: demo_table.md and demo_results.json (every column per template and example, the
+timings, provenance) in --output-dir.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
-from ctr.analysis.stats import paired_effect
-from ctr.config import CTRConfig, TrainConfig
-from ctr.core.model import read_config
-from ctr.core.loading import load_model, require_model_dir
-from ctr.fileio import write_json
+import torch
+
+from ctr.adapt.code_ensemble import select_code
+from ctr.adapt.common import candidate_codes
+from ctr.adapt.zero_label import ZeroLabelConfig
+from ctr.config import TrainConfig
+from ctr.core.locate import require_model_dir
+from ctr.core.loading import load_model
+from ctr.core.lora import has_lora, merge_lora
+from ctr.core.model import CTRModel, read_config
+from ctr.experiments.demo_table import Column, markdown, table
+from ctr.fileio import read_jsonl, write_json
 from ctr.inference.evaluate import EvalConfig, evaluate
-from ctr.provenance import provenance
+from ctr.inference.scoring import RankScorer
+from ctr.provenance import hardware, provenance
 from ctr.tasks.mixture import data_dir, read_manifest
-from ctr.train.trainer import summarize_run, train
+from ctr.train.trainer import train
 
 # The mixture: every T0-sample template of three short-input datasets, one per task type.
 MIXTURE = [f"amazon_polarity_{t}" for t in (
@@ -47,7 +56,27 @@ MIXTURE = [f"amazon_polarity_{t}" for t in (
     "which_section_choices")] + [f"glue_qqp_{t}" for t in (
     "answer", "duplicate", "duplicate_or_not", "meaning")]
 HELD_OUT = "glue_sst2"
-EXAMPLES, TEMPLATES = 100, 2  # SST-2 validation examples (seeded) x its first templates
+# The releases the demo scores (checkpoints/NAME), made by `recipe` (their cards say how)
+RELEASES = {"s1": "smollm2-near20-s1", "s2": "smollm2-near20-s2-lora", "mt": "smollm2-near20-mt-lora"}
+LABELS = {"backbone": "backbone zero-shot", "mt": "multi-task prompted baseline (LoRA, no codes)",
+          "s1": "CTR stage 1 (LM frozen), zero-label", "s2": "CTR stage 2 (LoRA), zero-label"}
+LIVE_STEPS = 20  # the live stage-1 run: enough for its loss to fall
+SELECTION_INPUTS, SELECTION_TEMPLATES = 16, 1  # Code Ensemble: unlabelled inputs x first templates
+LORA_LR = 1e-3  # stage 2 and the baseline with --lora (results/demo/README.md: the probes)
+
+
+def recipe(kind: str, output_dir: str | Path, model: str = "smollm2", init_from: str | None = None,
+           **over: Any) -> TrainConfig:
+    """How the releases were trained (kind: s1, s2 or mt), on the 20 tasks in the releases'
+    order: 100 steps of 8 examples of at most 128 source tokens, balanced over tasks; stage 2
+    and the baseline train LoRA adapters (r 16 on the attention projections) at the same budget."""
+    common = dict(output_dir=str(output_dir), model=model, preset="cpu-small", steps=100, batch_size=8,
+                  micro_batch_size=8, mixing="balanced", max_source_len=128, max_target_len=8,
+                  save_every=50, seed=0, tasks=sorted(MIXTURE))
+    kinds = {"s1": dict(stage=1),
+             "s2": dict(stage=2, init_from=init_from, lora=True, lr=LORA_LR),
+             "mt": dict(stage=2, no_codes=True, lora=True, lr=LORA_LR)}
+    return TrainConfig(**{**common, **kinds[kind], **over})
 
 
 def task_types(names: list[str]) -> dict[str, str]:
@@ -56,158 +85,155 @@ def task_types(names: list[str]) -> dict[str, str]:
 
 
 def print_stage1(run: Path, types: dict[str, str]) -> None:
-    print()
-    print(summarize_run(run).split("## Code table")[0])
-    table = json.loads((run / "code_table.json").read_text())
-    print("## Codes by task type\n")
+    """The run's loss (means over fifths of the run) and its codes by task type."""
+    records = read_jsonl(run / "metrics.jsonl")
+    k = max(1, len(records) // 5)
+    parts = [records[i:i + k] for i in range(0, len(records), k)]
+    curve = " -> ".join(f"{mean(r['lm_loss'] for r in p):.2f}" for p in parts)
+    print(f"\n[demo] stage-1 LM loss, mean over each {k} steps: {curve}")
+    table = json.loads((run / "final" / "code_table.json").read_text())
+    print(f"[demo] the codes ({len(table)} tasks, by task type):")
     for ttype in sorted(set(types.values())):
         for name, code in table.items():
             if types.get(name) == ttype:
-                print(f"{ttype:<22} {' '.join(f'{c:3d}' for c in code)}  {name}")
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    print(f"\ncodebook use: {last['distinct_values']} distinct values over {len(table)} tasks; "
-          f"per-position perplexity {last['code_perplexity']}\n")
+                print(f"  {ttype:<26} {' '.join(f'{c:3d}' for c in code)}  {name}")
+    last = records[-1]
+    print(f"[demo] codebook use: {last.get('distinct_values', '?')} distinct values\n")
 
 
-@dataclass
-class Released:
-    folder: Path
-    config: CTRConfig
-
-
-def released_stage1(name: str, model: str) -> Released:
-    """The stage-1 codebook --stage1 names: a frozen-LM model of the demo's 20 tasks on
-    --model's backbone (anything else would train stage 2 on other tasks or another LM)."""
-    folder = require_model_dir(name, "--stage1")
+def check_release(key: str, name: str, model: str) -> Path:
+    """A model of the demo's 20 tasks on --model's backbone, of the kind `key` needs."""
+    folder = require_model_dir(name, f"--{key}")
     cfg = read_config(folder)
     if sorted(cfg.task_names) != sorted(MIXTURE):
-        raise ValueError(f"--stage1 {name}: trained on {len(cfg.task_names)} tasks that are not the "
-                         f"demo's {len(MIXTURE)} (ctr.demo.MIXTURE); release a stage 1 of those tasks")
+        raise ValueError(f"--{key} {name}: trained on {len(cfg.task_names)} tasks that are not the "
+                         f"demo's {len(MIXTURE)} (ctr.demo.MIXTURE)")
     if cfg.backbone != model:
-        raise ValueError(f"--stage1 {name}: its backbone is {cfg.backbone!r}, the demo's --model is "
+        raise ValueError(f"--{key} {name}: its backbone is {cfg.backbone!r}, the demo's --model is "
                          f"{model!r}: pass --model {cfg.backbone}")
-    if not cfg.use_codes:
-        raise ValueError(f"--stage1 {name}: a model without codes is no stage-1 codebook")
-    return Released(folder, cfg)
+    if cfg.use_codes != (key != "mt"):
+        raise ValueError(f"--{key} {name}: " + ("a model without codes cannot be zero-label CTR"
+                                                if key != "mt" else "the baseline has no codes"))
+    return folder
 
 
-def by_type(ranked: list[dict[str, Any]], types: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per task type: the code that agrees most with the majority vote (`ranked` is best
-    first), the task it belongs to, and the agreements of all the type's codes."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in ranked:
-        for t in r["tasks"]:
-            entry = best.setdefault(types.get(t, "?"), {"code": r["code"], "task": t, "agreements": []})
-            entry["agreements"].append(r["agreement"])
-    return best
+def prepared(model: CTRModel, dtype: str) -> CTRModel:
+    """The model as the demo scores it: a LoRA adapter merged into the base weights (the same
+    function without the adapter's extra matrix products), in `dtype`."""
+    if has_lora(model.backbone):
+        merge_lora(model)
+    return model.to(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype])).eval()
 
 
-def per_example(res: dict[str, Any]) -> dict[int, float]:
-    """Example index -> share of the templates that got it right (one task's results)."""
-    hits: dict[int, list[int]] = {}
-    for t in res["templates"].values():
-        for i, c in zip(t["indices"], t["correct"]):
-            hits.setdefault(i, []).append(c == "1")
-    return {i: sum(h) / len(h) for i, h in hits.items()}
+class Clock:
+    """Wall time of each step, for the "where the time goes" table."""
+
+    def __init__(self) -> None:
+        self.start, self.steps = time.time(), []
+
+    def run(self, name: str, fn, *a, **kw):
+        t = time.time()
+        print(f"[demo] {name} ...", flush=True)
+        out = fn(*a, **kw)
+        self.steps.append((name, round(time.time() - t, 1)))
+        print(f"[demo] {name}: {self.steps[-1][1]:.0f}s", flush=True)
+        return out
+
+    def markdown(self) -> str:
+        total = time.time() - self.start
+        lines = ["| step | seconds |", "|---|---:|"] + [f"| {n} | {s:.0f} |" for n, s in self.steps]
+        return "\n".join(lines + [f"| **total** | **{total:.0f}** |"])
 
 
-def versus(res: dict[str, Any], ref: dict[str, Any]) -> str:
-    """Accuracy difference to `ref` in points, with a paired bootstrap 95% interval over the
-    examples both scored."""
-    a, b = per_example(res), per_example(ref)
-    common = sorted(set(a) & set(b))
-    e = paired_effect([a[i] for i in common], [b[i] for i in common], n_boot=2000, seed=0)
-    return f"{100 * e['diff']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]"
+def score_column(key: str, source: str, args, clock: Clock, out: Path) -> Column:
+    """Load one model, select its code (zero-label columns) and score SST-2."""
+    model = clock.run(f"{LABELS[key]}: load {source}", lambda: prepared(
+        load_model(source, "--model" if key == "backbone" else "--checkpoint"), args.dtype))
+    scope = dict(tasks=[HELD_OUT], max_examples=args.examples, batch_size=args.batch_size)
+    selection, kw = None, {}
+    if model.config.use_codes:
+        zl = ZeroLabelConfig(n_inputs=args.selection_inputs, max_templates=SELECTION_TEMPLATES, **scope)
+        scorer = RankScorer(model, args.batch_size)
+        selection = clock.run(f"{LABELS[key]}: Code Ensemble", select_code, model, HELD_OUT, zl,
+                              candidate_codes(model), scorer)
+        write_json(out / f"exclude_{key}.json", {HELD_OUT: selection["exclude"]})
+        kw = dict(code=",".join(map(str, selection["code"])), exclude_indices=str(out / f"exclude_{key}.json"))
+    res = clock.run(f"{LABELS[key]}: score", evaluate, model, EvalConfig(model=source, **scope, **kw))
+    del model
+    return Column(key, LABELS[key], source, res["tasks"][HELD_OUT], selection)
 
 
-def main(argv: list[str] | None = None) -> None:
+def train_all(args, out: Path, clock: Clock) -> dict[str, str]:
+    """`--train`: the three models from scratch with the releases' recipe."""
+    over = dict(steps=args.steps, limit_examples=args.limit_examples)
+    over = {k: v for k, v in over.items() if v is not None}
+    runs = {k: out / "train" / k for k in ("s1", "s2", "mt")}
+    clock.run("train stage 1", train, recipe("s1", runs["s1"], args.model, **over))
+    print_stage1(runs["s1"], task_types(MIXTURE))
+    clock.run("train stage 2 (LoRA)", train, recipe("s2", runs["s2"], args.model, str(runs["s1"]), **over))
+    clock.run("train the baseline (LoRA)", train, recipe("mt", runs["mt"], args.model, **over))
+    return {k: str(v) for k, v in runs.items()}
+
+
+def live_stage1(args, out: Path, clock: Clock) -> None:
+    cfg = TrainConfig(output_dir=str(out / "live_stage1"), model=args.model, preset="cpu-demo",
+                      steps=args.live_steps, tasks=MIXTURE, mixing="balanced", max_source_len=64,
+                      max_target_len=8, save_every=10 ** 6, limit_examples=args.limit_examples)
+    clock.run(f"live stage-1 run ({args.live_steps} steps of {cfg.batch_size}; not used below)", train, cfg)
+    print_stage1(out / "live_stage1", task_types(MIXTURE))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output-dir", default="runs/demo")
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the cpu-demo preset's)")
-    ap.add_argument("--stage2-steps", type=int, default=None,
-                    help="steps of stage 2 and of the baseline (default: the cpu-demo preset's)")
-    ap.add_argument("--stage1", default=None, metavar="NAME",
-                    help="a released codebook (or stage-1 run) of the demo's 20 tasks to start from "
-                         "instead of training stage 1, e.g. smollm2-near20-s1")
-    ap.add_argument("--examples", type=int, default=EXAMPLES, help="SST-2 examples scored")
+    ap.add_argument("--model", default="smollm2", help="the backbone the releases were trained on")
+    ap.add_argument("--train", action="store_true",
+                    help="train the three models from scratch (the releases' recipe) instead of loading them")
+    for key, name in RELEASES.items():
+        ap.add_argument(f"--{key}", default=name, metavar="NAME",
+                        help=f"release (or run folder) of {LABELS[key]} (default {name})")
+    ap.add_argument("--live-steps", type=int, default=LIVE_STEPS, help="steps of the live stage-1 run (0: none)")
+    ap.add_argument("--examples", type=int, default=None, help="SST-2 validation examples (default: all 872)")
+    ap.add_argument("--selection-inputs", type=int, default=SELECTION_INPUTS,
+                    help="unlabelled inputs of the Code Ensemble")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="precision of scoring (bf16: about 1.8x faster on a CPU with AVX512-BF16; "
+                         "a few outcomes of near-tied examples change)")
+    ap.add_argument("--batch-size", type=int, default=16, help="inputs per scoring batch")
+    ap.add_argument("--steps", type=int, default=None, help="--train: steps of each run (quick checks)")
     ap.add_argument("--limit-examples", type=int, default=None,
                     help="training examples kept per task (quick checks)")
     args = ap.parse_args(argv)
-    if args.stage1 and args.steps is not None:
-        ap.error("--steps sets the stage-1 training that --stage1 replaces: pass one of them")
     out = Path(args.output_dir)
     shutil.rmtree(out, ignore_errors=True)  # a demo always starts fresh
-    print(f"[demo] data: {data_dir()}")
-    t0 = time.time()
-    types = task_types(MIXTURE)
-    released = released_stage1(args.stage1, args.model) if args.stage1 else None
-    common = dict(model=args.model, preset="cpu-demo", mixing="balanced",
-                  tasks=released.config.task_names if released else MIXTURE,  # stage 2 keeps its order
-                  max_source_len=64, max_target_len=8, save_every=1000,
-                  limit_examples=args.limit_examples)
-
-    # 1. stage 1: the codebook and code decoder learn, the LM is frozen (or a released one)
-    if released:
-        s1 = released.folder
-        print(f"[demo] stage 1: the released codebook {args.stage1} ({s1}), not trained here")
+    out.mkdir(parents=True)
+    print(f"[demo] data: {data_dir()}; torch threads: {torch.get_num_threads()}", flush=True)
+    clock = Clock()
+    if args.train:
+        sources = train_all(args, out, clock)
     else:
-        s1 = out / "stage1"
-        train(TrainConfig(output_dir=str(s1), stage=1, steps=args.steps, **common))
-    print_stage1(s1, types)
-    # 2. stage 2 from the codebook, and the baseline: the same LM training without codes
-    s2, mt = out / "stage2", out / "multitask"
-    train(TrainConfig(output_dir=str(s2), stage=2, init_from=str(s1), steps=args.stage2_steps, **common))
-    train(TrainConfig(output_dir=str(mt), stage=2, no_codes=True, steps=args.stage2_steps, **common))
-
-    # 3. the held-out task: every column on the same examples and templates
-    scope = dict(tasks=[HELD_OUT], max_examples=args.examples)
-    zl = {stage: run_zero_label(ZeroLabelConfig(
-        checkpoint=str(run), n_inputs=16, max_templates=1, eval_max_templates=TEMPLATES,
-        output_dir=str(out / f"zero_label_{stage}"), **scope)) for stage, run in (("s1", s1), ("s2", s2))}
-
-    def column(model, **kw) -> dict[str, Any]:  # one model (and code) on those examples
-        return evaluate(model, EvalConfig(max_templates=TEMPLATES, **scope, **kw))["tasks"][HELD_OUT]
-    backbone = column(load_model(args.model))
-    baseline = column(load_model(str(mt)))
-    rows = [("backbone zero-shot", "-", backbone), ("multi-task prompted baseline (no codes)", "-", baseline)]
-    for stage, name in (("s1", "CTR stage 1 (LM frozen), zero-label"), ("s2", "CTR stage 2, zero-label")):
-        sel = zl[stage]["selection"][HELD_OUT]
-        rows.append((name, sel["from_tasks"][0], zl[stage]["results"]["tasks"][HELD_OUT]))
-
-    # 4. what the codes did: the stage-2 model under the best code of each task type
-    ranked = {stage: zl[stage]["selection"][HELD_OUT]["ranked"] for stage in zl}
-    agreement = {stage: mean(r["agreement"] for r in rs) for stage, rs in ranked.items()}
-    model2 = load_model(str(s2))
-    chosen = zl["s2"]["results"]["tasks"][HELD_OUT]  # the selected code leads its type: scored already
-    per_type = [(ttype, e, chosen if e["code"] == chosen["code"]
-                 else column(model2, code=",".join(map(str, e["code"]))))
-                for ttype, e in sorted(by_type(ranked["s2"], types).items())]
-
-    lines = [f"\n## {HELD_OUT}, held out ({args.examples} validation examples x first {TEMPLATES} templates, "
-             f"median accuracy %; vs backbone: difference of the mean over templates, paired "
-             f"bootstrap 95% interval over examples)\n",
-             "| method | code from | accuracy | vs backbone |", "|---|---|---:|---:|"]
-    lines += [f"| {name} | {src} | {res['median']:.1f} | {versus(res, backbone) if res is not backbone else '-'} |"
-              for name, src, res in rows]
-    lines += ["", "## What the codes did\n",
-              "The stage-2 model on the same examples under the code of each task type that agrees",
-              "most with the training codes' majority vote (selection inputs, no labels):\n",
-              "| task type | code of | accuracy | vs backbone | mean agreement of the type's codes |",
-              "|---|---|---:|---:|---:|"]
-    lines += [f"| {ttype} | {e['task']} | {res['median']:.1f} | {versus(res, backbone)} | "
-              f"{mean(e['agreements']):.2f} |" for ttype, e, res in per_type]
-    lines += ["", "| model | mean agreement of the 20 codes with their majority vote |", "|---|---:|"]
-    lines += [f"| stage {stage[1]} | {agree:.2f} |" for stage, agree in agreement.items()]
-    print("\n".join(lines))
-    (out / "demo_table.md").write_text("\n".join(lines) + "\n")
-    write_json(out / "demo_results.json", {  # every scored column, per template and example
-        "rows": {name: res for name, _, res in rows},
-        "per_type": {ttype: {"task": e["task"], "code": e["code"], "result": res} for ttype, e, res in per_type},
-        "provenance": provenance()})
-    print(f"\nchance: 50%. A 135M LM on {len(MIXTURE)} tasks for a few dozen steps; codes that agree "
-          f"with their majority less often change more answers.\n"
-          f"[demo] done in {time.time() - t0:.0f}s; outputs in {out}")
+        if args.live_steps:
+            live_stage1(args, out, clock)
+        sources = {k: getattr(args, k) for k in RELEASES}
+        for key, name in sources.items():
+            check_release(key, name, args.model)
+    columns = [score_column("backbone", args.model, args, clock, out)]
+    columns += [score_column(k, sources[k], args, clock, out) for k in ("mt", "s1", "s2")]
+    result = table(columns, HELD_OUT, "backbone", [("s2", "mt"), ("s1", "mt")])
+    n = columns[0].record["examples"]
+    templates = len(result["rows"][0]["templates"])
+    title = (f"{HELD_OUT}, held out: {n} validation examples x {templates} original templates "
+             f"({'trained here' if args.train else 'models from the releases'}; scored in {args.dtype})")
+    text = markdown(result, title)
+    timing = clock.markdown()
+    print("\n" + text + "\n\n## Where the time went\n\n" + timing)
+    (out / "demo_table.md").write_text(text + "\n\n## Where the time went\n\n" + timing + "\n")
+    saved = {"table": result, "columns": {c.key: dataclasses.asdict(c) for c in columns},
+             "timings": dict(clock.steps), "seconds": round(time.time() - clock.start, 1),
+             "args": vars(args), "hardware": hardware(), "provenance": provenance(argv)}
+    write_json(out / "demo_results.json", saved)
+    print(f"\nchance: 50%. [demo] done in {saved['seconds']:.0f}s; outputs in {out}")
+    return saved
 
 
 if __name__ == "__main__":

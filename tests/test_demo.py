@@ -1,87 +1,165 @@
-"""`make demo` end to end on a tiny random Llama (real data, a few examples): every column
-of its table is filled from the runs it trained, and the per-type codes are the training
-codes of those types."""
+"""`make demo` on a tiny random Llama (real data, a few examples): releases made the way the
+demo's are, loaded by name; every column is what `ctr eval` scores for that model and code, and
+the table's numbers are those columns' medians, intervals and paired differences."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ctr import demo
+from ctr.experiments.demo_table import Column, markdown, replicates, table
 from ctr.tasks.mixture import data_dir
 
 
-SMALL = ["--stage2-steps", "2", "--examples", "4", "--limit-examples", "8"]
-
-
-def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys, monkeypatch):
+def need_data():
     try:
         data_dir()
     except FileNotFoundError as e:
         pytest.skip(f"data not available: {e}")
-    out = tmp_path / "demo"
-    demo.main(["--model", str(tiny_paths["llama"]), "--steps", "2", *SMALL, "--output-dir", str(out)])
-    table = (out / "demo_table.md").read_text()
-    for row in ("backbone zero-shot", "multi-task prompted baseline", "CTR stage 1", "CTR stage 2",
-                "| sentiment | amazon_polarity_", "| topic_classification | ag_news_",
-                "| paraphrase_identification | glue_qqp_", "| stage 1 |", "| stage 2 |"):
-        assert row in table, row
-    rows = [r for r in table.splitlines() if r.startswith("| ") and "[" in r]
-    assert len(rows) == 6  # baseline, two zero-label rows, three task types: each with its interval
-    for run in ("stage1", "stage2", "multitask"):
-        assert (out / run / "final").is_dir(), run
-    # stage 2 started from stage 1's codes; the baseline has none
-    assert json.loads((out / "stage2" / "final" / "ctr_config.json").read_text())["use_codes"]
-    assert not json.loads((out / "multitask" / "final" / "ctr_config.json").read_text())["use_codes"]
-    saved = json.loads((out / "demo_results.json").read_text())
-    assert len(saved["rows"]) == 4 and set(saved["per_type"]) == {
-        "sentiment", "topic_classification", "paraphrase_identification"}
-    selection = json.loads((out / "zero_label_s2" / "zero_label.json").read_text())
-    assert selection["tasks"][demo.HELD_OUT]["selection_source"] != "validation"  # not the scored split
-    assert "[demo] done" in capsys.readouterr().out
 
-    # --stage1 NAME: the same from a released codebook, without training stage 1. The release's
-    # task order differs from MIXTURE (as the committed smollm2-near20-s1's does): stage 2 keeps it.
+
+QUICK = dict(steps=2, limit_examples=8, code_length=4, codebook_size=8, max_source_len=32)
+SMALL = ["--examples", "4", "--selection-inputs", "2", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_releases(tiny_paths, tmp_path_factory):
+    """The demo's three releases, trained by its recipe (2 steps) on the tiny Llama."""
+    need_data()
     from ctr.interop.release import release
-    rel = release(out / "stage1", "tiny-near20", dest=tmp_path / "releases")
-    cfg = json.loads((rel / "ctr_config.json").read_text())
-    cfg["task_names"] = cfg["task_names"][::-1]
-    (rel / "ctr_config.json").write_text(json.dumps(cfg))
-    monkeypatch.setenv("CTR_CHECKPOINTS", str(tmp_path / "releases"))
-    out2 = tmp_path / "demo_released"
-    demo.main(["--model", str(tiny_paths["llama"]), "--stage1", "tiny-near20", *SMALL, "--output-dir", str(out2)])
-    printed = capsys.readouterr().out
-    assert "[demo] stage 1: the released codebook tiny-near20" in printed and "[demo] done" in printed
-    assert not (out2 / "stage1").exists()  # nothing trained for stage 1
-    s2 = json.loads((out2 / "stage2" / "final" / "ctr_config.json").read_text())
-    assert s2["task_names"] == cfg["task_names"]
-    assert json.loads((out2 / "stage2" / "train_config.json").read_text())["init_from"] == str(rel)
-    assert json.loads((out2 / "zero_label_s1" / "zero_label.json").read_text())["config"]["checkpoint"] == str(rel)
-    assert len([r for r in (out2 / "demo_table.md").read_text().splitlines() if r.startswith("| ") and "[" in r]) == 6
-
-
-def test_stage1_must_be_a_codebook_of_the_demo_tasks_on_its_backbone(tiny_paths, tmp_path, capsys):
-    from ctr.core.model import CTRModel
-    from ctr.config import CTRConfig
-    from ctr.core.backbone import load_backbone
-    backbone, tok = load_backbone(str(tiny_paths["llama"]))
-
-    def saved(name, tasks, use_codes=True):
-        cfg = CTRConfig(code_length=4, codebook_size=8, task_names=tasks, use_codes=use_codes,
-                        backbone=str(tiny_paths["llama"]))
-        CTRModel(backbone, cfg, tok).save_pretrained(tmp_path / name)
-        return str(tmp_path / name)
+    from ctr.train.trainer import train
+    root = tmp_path_factory.mktemp("demo_releases")
     model = str(tiny_paths["llama"])
-    with pytest.raises(ValueError, match=r"--stage1 .*other: trained on 3 tasks that are not the demo's 20"):
-        demo.released_stage1(saved("other", ["a", "b", "c"]), model)
-    good = saved("good", list(demo.MIXTURE))
+    s1 = train(demo.recipe("s1", root / "s1", model, **QUICK)).parent
+    train(demo.recipe("s2", root / "s2", model, str(s1), **QUICK))
+    train(demo.recipe("mt", root / "mt", model, **QUICK))
+    names = {k: f"tiny-{k}" for k in ("s1", "s2", "mt")}
+    for k, name in names.items():
+        release(root / k, name, root / "releases")
+    return root / "releases", names
+
+
+def per_template(record):
+    return {n: t["correct"] for n, t in record["templates"].items()}
+
+
+def test_the_demo_scores_the_releases_as_ctr_eval_does(tiny_paths, tiny_releases, tmp_path, capsys,
+                                                       monkeypatch):
+    from ctr.core.loading import load_model
+    from ctr.inference.evaluate import EvalConfig, evaluate
+    releases, names = tiny_releases
+    monkeypatch.setenv("CTR_CHECKPOINTS", str(releases))
+    model = str(tiny_paths["llama"])
+    out = tmp_path / "demo"
+    saved = demo.main(["--model", model, "--live-steps", "2", "--limit-examples", "8", *SMALL,
+                       "--output-dir", str(out), *[a for k, n in names.items() for a in (f"--{k}", n)]])
+    printed = capsys.readouterr().out
+    assert "[demo] stage-1 LM loss" in printed and "[demo] done" in printed
+    assert (out / "live_stage1" / "final").is_dir()  # the live run trained, and nothing else did
+    assert not (out / "train").exists()
+    on_disk = json.loads((out / "demo_results.json").read_text())
+    assert on_disk["table"] == json.loads(json.dumps(saved["table"]))
+    cols, rows = saved["columns"], {r["key"]: r for r in saved["table"]["rows"]}
+    assert list(rows) == ["backbone", "mt", "s1", "s2"]
+    scope = dict(tasks=[demo.HELD_OUT], max_examples=4, batch_size=4)
+    # every column is what ctr eval scores for that model (and the code the ensemble chose)
+    for key, source in (("backbone", model), ("mt", names["mt"]), ("s1", names["s1"]), ("s2", names["s2"])):
+        rec = cols[key]["record"]
+        assert rec["examples"] == 4 and rec["indices"] == cols["backbone"]["record"]["indices"]
+        sel = cols[key]["selection"]
+        kw = {} if sel is None else {"code": ",".join(map(str, sel["code"]))}
+        want = evaluate(load_model(source), EvalConfig(**scope, **kw), progress=False)["tasks"][demo.HELD_OUT]
+        assert per_template(rec) == per_template(want), key
+        accs = sorted(t["accuracy"] for t in want["templates"].values() if t["n"])
+        assert rows[key]["accuracy"] == pytest.approx(float(np.median(accs)))
+        if key != "backbone":
+            assert rows[key]["vs_reference"] == pytest.approx(rows[key]["accuracy"] - rows["backbone"]["accuracy"])
+    # zero-label columns: the code chosen is a training task's code of that release, no label read
+    from ctr.core.model import CTRModel
+    for key in ("s1", "s2"):
+        sel = cols[key]["selection"]
+        table_ = CTRModel.from_pretrained(names[key]).code_table()
+        assert all(table_[t] == sel["code"] for t in sel["from_tasks"])
+        assert sel["selection_source"] == "train"  # not the scored split
+    assert cols["mt"]["selection"] is None and cols["backbone"]["selection"] is None
+    md = (out / "demo_table.md").read_text()
+    for words in ("backbone zero-shot", "multi-task prompted baseline", "CTR stage 1", "CTR stage 2",
+                  "CTR stage 2 (LoRA), zero-label - multi-task prompted baseline", "## What the codes did",
+                  "## Where the time went", "| **total** |", "4 validation examples"):
+        assert words in md, words
+
+
+def test_the_demo_refuses_releases_it_cannot_show(tiny_paths, tiny_releases, monkeypatch):
+    releases, names = tiny_releases
+    monkeypatch.setenv("CTR_CHECKPOINTS", str(releases))
+    model = str(tiny_paths["llama"])
+    with pytest.raises(ValueError, match="--s2 tiny-mt: a model without codes cannot be zero-label CTR"):
+        demo.check_release("s2", names["mt"], model)
+    with pytest.raises(ValueError, match="--mt tiny-s2: the baseline has no codes"):
+        demo.check_release("mt", names["s2"], model)
     with pytest.raises(ValueError, match=r"its backbone is .* pass --model"):
-        demo.released_stage1(good, "smollm2")
-    with pytest.raises(ValueError, match="no stage-1 codebook"):
-        demo.released_stage1(saved("nocodes", list(demo.MIXTURE), use_codes=False), model)
-    with pytest.raises(SystemExit):
-        demo.main(["--stage1", good, "--steps", "3"])
-    assert "--steps sets the stage-1 training that --stage1 replaces" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="--stage1 nowhere"):
-        demo.released_stage1("nowhere", model)
-    assert demo.released_stage1(good, model).config.task_names == list(demo.MIXTURE)
+        demo.check_release("s1", names["s1"], "smollm2")
+    with pytest.raises(FileNotFoundError, match="--s1 nowhere: .*released: .*tiny-s1"):
+        demo.check_release("s1", "nowhere", model)
+    assert demo.check_release("s1", names["s1"], model) == releases / names["s1"]
+
+
+def test_demo_train_trains_the_three_models_with_the_releases_recipe(tiny_paths, tmp_path):
+    need_data()
+    out = tmp_path / "demo_train"
+    saved = demo.main(["--model", str(tiny_paths["llama"]), "--train", "--steps", "2", "--limit-examples", "8",
+                       *SMALL, "--output-dir", str(out)])
+    cfgs = {k: json.loads((out / "train" / k / "train_config.json").read_text()) for k in ("s1", "s2", "mt")}
+    assert cfgs["s2"]["init_from"] == str(out / "train" / "s1") and cfgs["s2"]["lora"] and cfgs["mt"]["lora"]
+    assert cfgs["mt"]["no_codes"] and cfgs["s2"]["lr"] == cfgs["mt"]["lr"] == demo.LORA_LR
+    assert all(c["tasks"] == sorted(demo.MIXTURE) and c["max_source_len"] == 128 for c in cfgs.values())
+    assert {r["source"] for r in saved["table"]["rows"]} == {
+        str(tiny_paths["llama"]), *(str(out / "train" / k) for k in ("s1", "s2", "mt"))}
+    assert not (out / "live_stage1").exists()
+
+
+# ---- the table code alone, on outcomes made up to be checked by hand -----------------------------
+def record(bits_per_template: list[str]):
+    n = len(bits_per_template[0])
+    return {"examples": n, "templates": {
+        f"t{i}": {"n": n, "accuracy": round(100 * b.count("1") / n, 2), "indices": list(range(n)),
+                  "correct": b} for i, b in enumerate(bits_per_template)}}
+
+
+def test_the_table_is_medians_with_paired_intervals():
+    rng = np.random.default_rng(0)
+    base = ["0" * 20 + "".join(rng.choice(["0", "1"], 180)) for _ in range(3)]
+    flipped = ["1" * 20 + b[20:] for b in base]  # 20 more examples right in every template
+    cols = [Column("backbone", "backbone", "x", record(base)),
+            Column("same", "same", "y", record(base)),
+            Column("better", "better", "z", record(flipped)),
+            Column("all", "all right", "w", record(["1" * 200] * 3))]
+    t = table(cols, "task", "backbone", [("better", "same")], n_boot=500)
+    rows = {r["key"]: r for r in t["rows"]}
+    medians = {k: float(np.median([100 * b.count("1") / 200 for b in bits]))
+               for k, bits in (("backbone", base), ("better", flipped))}
+    assert rows["backbone"]["accuracy"] == pytest.approx(medians["backbone"])
+    assert rows["better"]["accuracy"] == pytest.approx(medians["better"])
+    # the same outcomes: a difference of exactly 0 in every replicate (paired draws)
+    assert rows["same"]["vs_reference"] == 0 and rows["same"]["vs_reference_ci"] == [0.0, 0.0]
+    assert rows["same"]["overlaps_reference"]
+    # 20 of 200 examples more right in every template: the paired difference is +10 points, its
+    # interval above 0 and narrower than the column's own (the shared 180 examples cancel)
+    d = t["differences"][0]
+    assert d["diff"] == pytest.approx(10.0) and d["diff"] == pytest.approx(medians["better"] - medians["backbone"])
+    width = rows["backbone"]["ci"][1] - rows["backbone"]["ci"][0]
+    assert 0 < d["ci"][0] < 10 < d["ci"][1] and d["ci"][1] - d["ci"][0] < 0.75 * width
+    assert rows["all"]["ci"] == [100.0, 100.0] and not rows["all"]["overlaps_reference"]
+    reps = replicates(cols, "task", n_boot=500)
+    assert np.array_equal(reps["same"], reps["backbone"])
+    md = markdown(t, "title")
+    assert "| all right | w | 100.0 [100.0, 100.0] |" in md and "| better - same |" in md
+
+
+def test_a_column_without_per_example_outcomes_is_refused():
+    rec = record(["1010"])
+    del rec["templates"]["t0"]["indices"]
+    with pytest.raises(ValueError, match="old: task: results without per-example outcomes"):
+        table([Column("backbone", "old", "x", rec)], "task", "backbone", [])
