@@ -262,3 +262,33 @@ def test_an_unknown_release_name_lists_the_releases(lora_runs, releases_dir, cap
         assert "--model" not in err or argv[0] == "eval"
     with pytest.raises(FileNotFoundError, match="released: .*tiny-s2"):
         CTRModel.from_pretrained("no-such-release")
+
+
+def test_a_lora_stage2_release_exports_a_prompt_adapter_with_its_lora_adapter(lora_runs, releases_dir, tmp_path):
+    """`ctr export NAME` of a LoRA stage-2 release: the prompt-tuning adapter of the code plus the
+    LoRA adapter the code was trained with; loaded as the export's card says (merge the LoRA
+    adapter into the base, then the prompt adapter), PEFT gives CTR's logits."""
+    import peft
+    from transformers import AutoModelForCausalLM
+    from ctr.cli import main as ctr_main
+    release(lora_runs["s2"], "tiny-s2", releases_dir)
+    out = tmp_path / "export"
+    assert ctr_main(["export", "tiny-s2", "--task", "task1", "--format", "peft", "--output", str(out)]) == 0
+    info = json.loads((out / "ctr_export.json").read_text())
+    assert info["lora_adapter"] == "lora" and (out / "lora" / "adapter_model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "merge_and_unload()" in card
+    base = AutoModelForCausalLM.from_pretrained(info["base_model_name_or_path"])
+    base = peft.PeftModel.from_pretrained(base, str(out / "lora")).merge_and_unload()
+    pm = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    model = load_model("tiny-s2").eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        want = model(ids, codes=torch.tensor([info["code"]]), return_logits=True, target_only=False).logits
+        got = pm(input_ids=ids).logits[:, model.config.code_length:]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # without the LoRA adapter the prompt alone is not the model
+    bare = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(info["base_model_name_or_path"]),
+                                          str(out)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(bare(input_ids=ids).logits[:, model.config.code_length:], want, atol=1e-4)
