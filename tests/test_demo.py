@@ -47,6 +47,10 @@ def test_the_demo_runs_end_to_end(tiny_paths, tmp_path, capsys, monkeypatch):
     cfg = json.loads((rel / "ctr_config.json").read_text())
     cfg["task_names"] = cfg["task_names"][::-1]
     (rel / "ctr_config.json").write_text(json.dumps(cfg))
+    from ctr.core.locate import sha256  # released so: its release.json vouches for the new order
+    info = json.loads((rel / "release.json").read_text())
+    info["files"]["ctr_config.json"]["sha256"] = sha256(rel / "ctr_config.json")
+    (rel / "release.json").write_text(json.dumps(info))
     monkeypatch.setenv("CTR_CHECKPOINTS", str(tmp_path / "releases"))
     out2 = tmp_path / "demo_released"
     demo.main(["--model", str(tiny_paths["llama"]), "--stage1", "tiny-near20", *SMALL, "--output-dir", str(out2)])

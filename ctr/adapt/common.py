@@ -57,7 +57,7 @@ class AdaptCommon(EvalScope):
 def prepare_adaptation(cfg: AdaptCommon
                        ) -> tuple[CTRModel, list[str], list[tuple[list[int], list[str]]], RankScorer, Path]:
     """Model, task names, candidate codes, scorer and output folder of an adaptation run."""
-    model = load_model(cfg.checkpoint)
+    model = load_model(cfg.checkpoint, backbone_ok=False)  # adaptation needs a CTR model
     if not model.config.use_codes:
         raise ValueError(f"--checkpoint {cfg.checkpoint}: a model without codes has no codes to adapt")
     tasks = [get_task(t).name for t in (cfg.tasks or [t.name for t in list_tasks(cfg.suite)])]

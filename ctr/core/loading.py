@@ -1,72 +1,34 @@
 """Find and load what a command is pointed at: a run folder, a checkpoint, a CTR model
-folder, or a bare Hugging Face backbone.
+folder, a release name, or a bare Hugging Face backbone.
 
-A run folder holds final/ (the last model) and checkpoint-N/ (each with model/); a model
-folder holds ctr_config.json. Every command that takes a CTR model goes through
-`find_model_dir`, so they all accept the same three kinds of path, and a bare NAME that is
-no folder here: a released codebook, `checkpoints/NAME/` of this repository or of
-$CTR_CHECKPOINTS (`python -m ctr.interop.release` makes one from a stage-1 run).
+Every command that takes a CTR model goes through `find_model_dir` (ctr.core.locate), so
+they all accept the same kinds of path, and a bare NAME that is no folder here: a release,
+`checkpoints/NAME/` of this repository or of $CTR_CHECKPOINTS (`python -m
+ctr.interop.release` makes one from a stage-1 run or a LoRA stage-2 / baseline run), whose
+files are checked against the sha256 in its release.json before it loads.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from ctr.config import CTRConfig
 from ctr.core.backbone import default_device, load_backbone
+from ctr.core.locate import (RELEASES_ENV, find_model_dir, release_roots, released_words,  # noqa: F401
+                             releases, require_model_dir)
 from ctr.core.model import CODE_TABLE_FILE, CONFIG_FILE, CTRModel
-from ctr.fileio import complete_dir, read_json
+from ctr.fileio import read_json
 
 HF_CONFIG_FILE = "config.json"
 
 
-RELEASES_ENV = "CTR_CHECKPOINTS"
-
-
-def release_roots() -> list[Path]:
-    """Where released codebooks are looked up by name: $CTR_CHECKPOINTS, then the
-    repository's checkpoints/ (present in a clone, not in an installed wheel)."""
-    roots = [Path(os.environ[RELEASES_ENV])] if os.environ.get(RELEASES_ENV) else []
-    return roots + [Path(__file__).resolve().parents[2] / "checkpoints"]
-
-
-def releases() -> list[str]:
-    """Names of the released codebooks found under `release_roots`."""
-    return sorted({p.parent.name for r in release_roots() if r.is_dir() for p in r.glob(f"*/{CONFIG_FILE}")})
-
-
-def _candidates(path: Path) -> list[Path]:
-    if not path.exists() and len(path.parts) == 1:  # a bare name: a released codebook
-        return [r / path for r in release_roots()]
-    final = complete_dir(path / "final")  # final/, or its backup mid-swap
-    return [c for c in (final, path / "model", path) if c is not None]
-
-
-def find_model_dir(path: str | Path) -> Path | None:
-    """The CTR model folder of a run folder (its final/), a checkpoint (its model/) or
-    the model folder itself; None when there is none."""
-    for c in _candidates(Path(path)):
-        if (c / CONFIG_FILE).exists():
-            return c
-    return None
-
-
-def require_model_dir(path: str | Path, flag: str = "--checkpoint") -> Path:
-    """As `find_model_dir`, but a missing model is an error naming the flag."""
-    found = find_model_dir(path)
-    if found is None:
-        known = ", ".join(releases()) or "none"
-        raise FileNotFoundError(f"{flag} {path}: not a CTR checkpoint (no {CONFIG_FILE} in it, "
-                                f"its final/ or model/) nor a released codebook (released: {known})")
-    return found
-
-
-def load_model(name_or_path: str, flag: str = "--checkpoint") -> CTRModel:
-    """A CTR checkpoint (with or without codes) or a bare backbone wrapped without codes,
-    on `default_device()` (the GPU when there is one). A local folder that is neither is
-    an error (it would otherwise be tried as a hub id)."""
-    found = find_model_dir(name_or_path)
+def load_model(name_or_path: str, flag: str = "--checkpoint", backbone_ok: bool = True) -> CTRModel:
+    """A CTR checkpoint or release (with or without codes) or, with `backbone_ok`, a bare
+    backbone wrapped without codes, on `default_device()` (the GPU when there is one). A
+    local folder that is neither is an error (it would otherwise be tried as a hub id); so
+    is a bare name that is no release and does not load as a backbone: the error lists the
+    releases instead of the hub's connection error."""
+    found = find_model_dir(name_or_path) if backbone_ok else require_model_dir(name_or_path, flag)
     if found is not None:
         model = CTRModel.from_pretrained(found)
     else:
@@ -74,7 +36,14 @@ def load_model(name_or_path: str, flag: str = "--checkpoint") -> CTRModel:
         if p.is_dir() and not (p / HF_CONFIG_FILE).exists():
             raise FileNotFoundError(f"{flag} {p}: neither a CTR checkpoint ({CONFIG_FILE}) "
                                     "nor a Hugging Face model folder")
-        backbone, tok = load_backbone(name_or_path)
+        try:
+            backbone, tok = load_backbone(name_or_path)
+        except (OSError, ValueError) as e:
+            if len(p.parts) != 1 or p.exists():
+                raise
+            raise FileNotFoundError(f"{flag} {name_or_path}: no CTR checkpoint or release of that "
+                                    f"name ({released_words()}), and no backbone loads by that name "
+                                    f"({type(e).__name__})") from e
         model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=name_or_path), tok)
     return model.to(default_device())
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
 from ctr.core.backbone import load_backbone
+from ctr.core.locate import CONFIG_FILE, require_model_dir
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
 from ctr.core.outputs import CTROutput, target_output
@@ -24,7 +25,6 @@ from ctr.config import CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer, seeded
 
-CONFIG_FILE = "ctr_config.json"
 WEIGHTS_FILE = "ctr_weights.safetensors"
 CODE_TABLE_FILE = "code_table.json"
 BACKBONE_DIR = "backbone"
@@ -375,9 +375,9 @@ class CTRModel(nn.Module):
     def from_pretrained(cls, path: str | Path, backbone: PreTrainedModel | None = None,
                         tokenizer: PreTrainedTokenizerBase | None = None,
                         dtype: torch.dtype = torch.float32) -> "CTRModel":
-        path = Path(path)
-        if not (path / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{path}: not a CTR checkpoint (no {CONFIG_FILE})")
+        """A CTR model folder, a run folder (its final model), a checkpoint or a release name,
+        as every command takes them (ctr.core.locate; a release is checked against its sha256)."""
+        path = require_model_dir(path, "CTRModel.from_pretrained:")
         config = read_config(path)
         if backbone is None:
             source = str(path / BACKBONE_DIR) if config.backbone_trained else config.backbone

@@ -8,8 +8,10 @@ SEQ_2_SEQ_LM, num_transformer_submodules = 1 so that a T5 prompt goes to the enc
 the base model) and adapter_model.safetensors (`prompt_embeddings` [L, hidden]). The base is
 the backbone the code was trained with: the original one for stage 1 (the embedded SmolLM2
 resolves to its converted local copy, whose weights are the de-quantized GGUF, not the
-hub's), the checkpoint's fine-tuned backbone/ folder for stage 2. `--format tensor` writes
-the [L, hidden] prompt alone, for engines that take prompt embeddings.
+hub's), the checkpoint's fine-tuned backbone/ folder for stage 2. A stage-2 model trained
+with `--lora` keeps the original base: its LoRA adapter is copied into the export's lora/
+(PEFT's format), to be merged into the base before the prompt is applied (the card shows how).
+`--format tensor` writes the [L, hidden] prompt alone, for engines that take prompt embeddings.
 
 How CTR and PEFT prompt tuning compare (tests/interop/test_export.py checks each point):
 - Same place: both put the L vectors in front of the input tokens (T5: of the encoder
@@ -29,6 +31,7 @@ How CTR and PEFT prompt tuning compare (tests/interop/test_export.py checks each
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from ctr.config import CTRConfig
 from ctr.core.backbone import resolve_model_path
 from ctr.core.codes import code_for_task, parse_code, read_checked_codes, validate_code
 from ctr.core.loading import load_code_table, require_model_dir
+from ctr.core.lora import LORA_DIR
 from ctr.core.model import BACKBONE_DIR, CONFIG_FILE, CTRModel, read_config
 from ctr.core.prompt_format import PromptEncoder
 from ctr.fileio import atomic_dir, write_json
@@ -150,7 +154,7 @@ def export_info(model: CTRModel, chosen: ChosenCode, folder: Path, base: str,
         "code_source": chosen.source, "task": chosen.task, "base_model_name_or_path": base,
         "seq2seq": model.adapter.seq2seq, "peft_task_type": family.peft_task_type,
         "auto_class": family.auto_class, "num_virtual_tokens": model.config.code_length,
-        "dtype": dtype,
+        "dtype": dtype, "lora_adapter": LORA_DIR if model.config.lora else None,
         "prompt_format": {"target_delimiter": model.config.target_delimiter,
                           "target_eos": model.config.target_eos,
                           "input_suffix": enc.source_suffix, "target_prefix": enc.target_prefix,
@@ -172,14 +176,10 @@ def run_export(cfg: ExportConfig) -> Path:
     folder = require_model_dir(cfg.checkpoint, "CHECKPOINT")
     config = read_config(folder)
     if not config.use_codes:
+        where = (f"its LoRA adapter in {folder / LORA_DIR} loads with PeftModel.from_pretrained(base, ...)"
+                 if config.lora else f"its backbone in {folder / BACKBONE_DIR} loads with from_pretrained")
         raise ValueError(f"CHECKPOINT {cfg.checkpoint} was trained without codes (use_codes=false): "
-                         f"there is no code to export; its backbone in {folder / BACKBONE_DIR} "
-                         "loads with from_pretrained as it is")
-    if config.lora:
-        raise ValueError(f"CHECKPOINT {cfg.checkpoint} was trained with LoRA: its codes need the "
-                         "adapted backbone, which a prompt-tuning adapter on the base model lacks. "
-                         "Merge it first (ctr.core.lora.merge_lora, then save_pretrained) and "
-                         "export the merged folder")
+                         f"there is no code to export; {where} as it is")
     chosen = choose_code(cfg, config, folder)  # cheap checks before loading the backbone
     out = _check_output(cfg)
     base = base_model_reference(folder, config)
@@ -188,6 +188,8 @@ def run_export(cfg: ExportConfig) -> Path:
     prompt = soft_prompt_of(model, chosen.code).to(dtype)
     info = export_info(model, chosen, folder, base, fmt, cfg.dtype)
     with atomic_dir(out) as tmp:
+        if config.lora:  # the code was trained on the LoRA-adapted backbone: it goes with it
+            shutil.copytree(folder / LORA_DIR, tmp / LORA_DIR)
         if fmt is ExportFormat.PEFT:
             peft_config_for(model, base).save_pretrained(str(tmp))
             save_file({PROMPT_KEY: prompt}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -214,18 +216,21 @@ def export_card(info: dict, out: Path) -> str:
              "## Inputs as the code was trained on them", "", info["prompt_format"]["in_words"],
              "", "## Load it", "", "```python", "import torch",
              f"from transformers import {auto}, AutoTokenizer"]
+    merge = (["# the LoRA adapter the code was trained with, merged into the base first",
+              f"base = PeftModel.from_pretrained(base, {str(Path(out) / info['lora_adapter'])!r}).merge_and_unload()"]
+             if info.get("lora_adapter") else [])
     if fmt == ExportFormat.PEFT.value:
         lines += ["from peft import PeftModel", "",
-                  f"base = {auto}.from_pretrained({base!r})",
+                  f"base = {auto}.from_pretrained({base!r})", *merge,
                   f"model = PeftModel.from_pretrained(base, {str(out)!r})",
                   f"tok = AutoTokenizer.from_pretrained({base!r})",
                   f"ids = tok([{info['example_input']!r}], add_special_tokens=False, return_tensors=\"pt\")",
                   f"out = model.generate(**ids, max_new_tokens=32{info['peft_generate_args']})",
                   "```", "", info["peft_notes"], ""]
     else:
-        lines += ["from safetensors.torch import load_file", "",
+        lines += ["from safetensors.torch import load_file", *(["from peft import PeftModel"] if merge else []), "",
                   f"prompt = load_file({str(Path(out) / TENSOR_FILE)!r})[{PROMPT_KEY!r}]  # [L, hidden]",
-                  f"base = {auto}.from_pretrained({base!r})",
+                  f"base = {auto}.from_pretrained({base!r})", *merge,
                   "embeds = base.get_input_embeddings()(input_ids)  # [1, T, hidden]",
                   "embeds = torch.cat([prompt[None].to(embeds.dtype), embeds], 1)  # the prompt first",
                   "mask = torch.ones(embeds.shape[:2], dtype=torch.long)",

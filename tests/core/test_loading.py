@@ -79,3 +79,19 @@ def test_load_code_table_reads_the_json_without_a_backbone_and_falls_back(run_fo
     (old / "ctr_config.json").write_text(json.dumps(dict(cfg, use_codes=False)))
     with pytest.raises(ValueError, match="has no codes"):
         load_code_table(old)
+
+
+def test_from_pretrained_takes_what_every_command_takes(run_folder, tmp_path):
+    """CTRModel.from_pretrained accepts a run folder (its final/) and a checkpoint (its model/)
+    as the commands do, not only the model folder; anything else names what it looked for."""
+    run, model = run_folder
+    ids, codes = torch.tensor([[5, 6, 7]]), torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        want = model.eval()(input_ids=ids, codes=codes, labels=ids, return_logits=True).logits
+        for path in (run, str(run), run / "checkpoint-2", run / "final"):
+            got = CTRModel.from_pretrained(path).eval()(input_ids=ids, codes=codes, labels=ids,
+                                                          return_logits=True).logits
+            torch.testing.assert_close(got, want)
+    with pytest.raises(FileNotFoundError, match=r"CTRModel.from_pretrained: .*empty: not a CTR checkpoint"):
+        (tmp_path / "empty").mkdir()
+        CTRModel.from_pretrained(tmp_path / "empty")
