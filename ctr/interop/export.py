@@ -149,12 +149,13 @@ def export_info(model: CTRModel, chosen: ChosenCode, folder: Path, base: str,
     probe = enc.sources(["x"])[0]
     ends_with_eos = bool(probe) and probe[-1] == enc.eos
     prefix = f" with {enc.target_prefix!r} in front" if enc.target_prefix else " directly"
+    lora_adapter = LORA_DIR if model.config.lora else None
     return {
         "format": fmt.value, "checkpoint": str(folder.resolve()), "code": chosen.code,
         "code_source": chosen.source, "task": chosen.task, "base_model_name_or_path": base,
         "seq2seq": model.adapter.seq2seq, "peft_task_type": family.peft_task_type,
         "auto_class": family.auto_class, "num_virtual_tokens": model.config.code_length,
-        "dtype": dtype, "lora_adapter": LORA_DIR if model.config.lora else None,
+        "dtype": dtype, "lora_adapter": lora_adapter,
         "prompt_format": {"target_delimiter": model.config.target_delimiter,
                           "target_eos": model.config.target_eos,
                           "input_suffix": enc.source_suffix, "target_prefix": enc.target_prefix,
