@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctr-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-train bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 
 demo: setup
 	$(PY) -m ctr.demo
+
+# the same table from models trained here, from scratch
+demo-train: setup
+	$(PY) -m ctr.demo --train
 
 bench: setup
 	$(PY) -m ctr.bench.train --out results/bench_train/cpu/bench_train.json

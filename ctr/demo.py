@@ -1,19 +1,20 @@
-"""`make demo`: the main job on the embedded SmolLM2, on CPU, in about 15 minutes.
+"""`make demo`: CTR on the embedded SmolLM2, on a CPU, from the project's released models.
 
-1. Stage-1 CTR codebook (LM frozen) on 20 short-input tasks of the T0 sample: sentiment
-   (`amazon_polarity_*`), topic (`ag_news_*`) and paraphrase (`glue_qqp_*`), 40 steps of 8
-   examples of at most 64 source tokens. Prints the loss curve, the code table by task type and codebook use.
-   `--stage1 NAME` starts from a released codebook of these 20 tasks instead (e.g.
-   `smollm2-near20-s1` under checkpoints/, or any stage-1 run folder), as a user starts
-   from a released model: no stage-1 training, offline.
-2. Stage 2 from that codebook (LM trained too) and the multi-task prompted baseline (the
-   same LM training without codes), the same data, 50 steps each.
-3. SST-2, a held-out sentiment dataset (neither SST-2 nor Rotten Tomatoes is in the
-   mixture): the bare backbone, the baseline, and CTR zero-label (Code Ensemble over the
-   20 training codes, 16 unlabelled inputs, no label read) after each stage, side by side,
-   on 100 validation examples x 2 templates.
-4. What the codes did: the stage-2 model on the same SST-2 examples under the best code of
-   each task type, and how much the training codes agree with their majority vote.
+1. A short live stage-1 run on the demo's mixture: 20 short-input tasks of the T0 sample,
+   sentiment (`amazon_polarity_*`), topic (`ag_news_*`) and paraphrase (`glue_qqp_*`). It
+   prints a falling loss and the code table by task type; it is not used afterwards.
+2. From the releases under checkpoints/ (trained by `ctr train` on that mixture, loaded by
+   name, offline): SST-2, a held-out sentiment dataset (neither SST-2 nor Rotten Tomatoes is
+   in the mixture), seeded validation examples x every original template, for the bare
+   backbone, the multi-task prompted baseline (LoRA), CTR stage-1 and stage-2 (LoRA)
+   zero-label (Code Ensemble over the 20 training codes, 16 unlabelled training inputs, no
+   label read). Each column with a 95% bootstrap interval over examples, each against the
+   backbone and CTR stage 2 against the baseline, paired over the same examples.
+3. What the codes did: the code chosen, its training task, and how much the training codes
+   agree with their majority vote.
+
+`--train` (`make demo-train`) trains stage 1, stage 2 and the baseline from scratch instead
+of loading the releases (the `cpu-demo` preset: 40 + 50 + 50 steps) and prints the same table.
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
-from ctr.analysis.stats import paired_effect
+from ctr.analysis.stats import bootstrap_ci, paired_effect
 from ctr.config import CTRConfig, TrainConfig
 from ctr.core.model import read_config
 from ctr.core.loading import load_model, require_model_dir
@@ -47,7 +48,10 @@ MIXTURE = [f"amazon_polarity_{t}" for t in (
     "which_section_choices")] + [f"glue_qqp_{t}" for t in (
     "answer", "duplicate", "duplicate_or_not", "meaning")]
 HELD_OUT = "glue_sst2"
-EXAMPLES, TEMPLATES = 100, 2  # SST-2 validation examples (seeded) x its first templates
+EXAMPLES = 200  # SST-2 validation examples (seeded) scored per column; 0: all 872
+LIVE_STEPS = 16  # the live stage-1 run of the release demo
+# The releases the demo loads (checkpoints/NAME/README.md: how each was trained).
+RELEASES = {"s1": "smollm2-near20-s1", "s2": "smollm2-near20-s2-lora", "mt": "smollm2-near20-baseline-lora"}
 
 
 def task_types(names: list[str]) -> dict[str, str]:
@@ -91,17 +95,6 @@ def released_stage1(name: str, model: str) -> Released:
     return Released(folder, cfg)
 
 
-def by_type(ranked: list[dict[str, Any]], types: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per task type: the code that agrees most with the majority vote (`ranked` is best
-    first), the task it belongs to, and the agreements of all the type's codes."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in ranked:
-        for t in r["tasks"]:
-            entry = best.setdefault(types.get(t, "?"), {"code": r["code"], "task": t, "agreements": []})
-            entry["agreements"].append(r["agreement"])
-    return best
-
-
 def per_example(res: dict[str, Any]) -> dict[int, float]:
     """Example index -> share of the templates that got it right (one task's results)."""
     hits: dict[int, list[int]] = {}
@@ -109,6 +102,12 @@ def per_example(res: dict[str, Any]) -> dict[int, float]:
         for i, c in zip(t["indices"], t["correct"]):
             hits.setdefault(i, []).append(c == "1")
     return {i: sum(h) / len(h) for i, h in hits.items()}
+
+
+def interval(res: dict[str, Any]) -> str:
+    """Mean accuracy over templates and examples, with its bootstrap 95% interval over examples."""
+    mean_, lo, hi = bootstrap_ci(list(per_example(res).values()), n_boot=2000, seed=0)
+    return f"{100 * mean_:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def versus(res: dict[str, Any], ref: dict[str, Any]) -> str:
@@ -120,94 +119,137 @@ def versus(res: dict[str, Any], ref: dict[str, Any]) -> str:
     return f"{100 * e['diff']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output-dir", default="runs/demo")
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the cpu-demo preset's)")
-    ap.add_argument("--stage2-steps", type=int, default=None,
-                    help="steps of stage 2 and of the baseline (default: the cpu-demo preset's)")
-    ap.add_argument("--stage1", default=None, metavar="NAME",
-                    help="a released codebook (or stage-1 run) of the demo's 20 tasks to start from "
-                         "instead of training stage 1, e.g. smollm2-near20-s1")
-    ap.add_argument("--examples", type=int, default=EXAMPLES, help="SST-2 examples scored")
-    ap.add_argument("--limit-examples", type=int, default=None,
-                    help="training examples kept per task (quick checks)")
-    args = ap.parse_args(argv)
-    if args.stage1 and args.steps is not None:
-        ap.error("--steps sets the stage-1 training that --stage1 replaces: pass one of them")
-    out = Path(args.output_dir)
-    shutil.rmtree(out, ignore_errors=True)  # a demo always starts fresh
-    print(f"[demo] data: {data_dir()}")
-    t0 = time.time()
-    types = task_types(MIXTURE)
-    released = released_stage1(args.stage1, args.model) if args.stage1 else None
-    common = dict(model=args.model, preset="cpu-demo", mixing="balanced",
-                  tasks=released.config.task_names if released else MIXTURE,  # stage 2 keeps its order
-                  max_source_len=64, max_target_len=8, save_every=1000,
-                  limit_examples=args.limit_examples)
+@dataclass
+class Models:
+    """The three models the table compares (folders or release names) and where they came from."""
+    s1: str
+    s2: str
+    mt: str
+    source: str
 
-    # 1. stage 1: the codebook and code decoder learn, the LM is frozen (or a released one)
-    if released:
-        s1 = released.folder
+
+def live_stage1(out: Path, common: dict[str, Any], steps: int, types: dict[str, str]) -> None:
+    """A short stage-1 run, shown and not used afterwards."""
+    run = out / "live_stage1"
+    print(f"[demo] 1. a live stage-1 run: {steps} steps on the mixture (the LM frozen; shown, not used)")
+    train(TrainConfig(output_dir=str(run), stage=1, steps=steps, **common))
+    print_stage1(run, types)
+
+
+def release_models(model: str) -> Models:
+    """The releases of RELEASES, checked (sha256 of every file) and on --model's backbone."""
+    for name in RELEASES.values():
+        folder = require_model_dir(name, "demo release")
+        cfg = read_config(folder)
+        if cfg.backbone != model:
+            raise ValueError(f"release {name} ({folder}) is on the backbone {cfg.backbone!r}, not "
+                             f"--model {model!r}: run the demo with --model {cfg.backbone}, or --train")
+    return Models(RELEASES["s1"], RELEASES["s2"], RELEASES["mt"], "the releases under checkpoints/")
+
+
+def trained(out: Path, args: argparse.Namespace, common: dict[str, Any], types: dict[str, str]) -> Models:
+    """Stage 1 (or a released codebook), stage 2 from it and the baseline, trained here."""
+    stage1 = released_stage1(args.stage1, args.model) if args.stage1 else None
+    common = {**common, "tasks": stage1.config.task_names if stage1 else MIXTURE}  # stage 2 keeps its order
+    if stage1:
+        s1 = stage1.folder
         print(f"[demo] stage 1: the released codebook {args.stage1} ({s1}), not trained here")
     else:
         s1 = out / "stage1"
         train(TrainConfig(output_dir=str(s1), stage=1, steps=args.steps, **common))
     print_stage1(s1, types)
-    # 2. stage 2 from the codebook, and the baseline: the same LM training without codes
     s2, mt = out / "stage2", out / "multitask"
     train(TrainConfig(output_dir=str(s2), stage=2, init_from=str(s1), steps=args.stage2_steps, **common))
     train(TrainConfig(output_dir=str(mt), stage=2, no_codes=True, steps=args.stage2_steps, **common))
+    return Models(str(s1), str(s2), str(mt), "trained by this demo")
 
-    # 3. the held-out task: every column on the same examples and templates
-    scope = dict(tasks=[HELD_OUT], max_examples=args.examples)
+
+def compare(out: Path, backbone_name: str, models: Models, examples: int | None,
+            templates: int | None) -> dict[str, Any]:
+    """SST-2: every column on the same examples and templates; the table, printed and saved."""
+    scope = dict(tasks=[HELD_OUT], max_examples=examples)
     zl = {stage: run_zero_label(ZeroLabelConfig(
-        checkpoint=str(run), n_inputs=16, max_templates=1, eval_max_templates=TEMPLATES,
-        output_dir=str(out / f"zero_label_{stage}"), **scope)) for stage, run in (("s1", s1), ("s2", s2))}
+        checkpoint=run, n_inputs=16, max_templates=1, eval_max_templates=templates,
+        output_dir=str(out / f"zero_label_{stage}"), **scope)) for stage, run in (("s1", models.s1), ("s2", models.s2))}
 
-    def column(model, **kw) -> dict[str, Any]:  # one model (and code) on those examples
-        return evaluate(model, EvalConfig(max_templates=TEMPLATES, **scope, **kw))["tasks"][HELD_OUT]
-    backbone = column(load_model(args.model))
-    baseline = column(load_model(str(mt)))
+    def column(name: str) -> dict[str, Any]:
+        print(f"[demo] scoring {name} on {HELD_OUT}", flush=True)
+        return evaluate(load_model(name), EvalConfig(max_templates=templates, **scope))["tasks"][HELD_OUT]
+    backbone, baseline = column(backbone_name), column(models.mt)
+    s2 = zl["s2"]["results"]["tasks"][HELD_OUT]
     rows = [("backbone zero-shot", "-", backbone), ("multi-task prompted baseline (no codes)", "-", baseline)]
     for stage, name in (("s1", "CTR stage 1 (LM frozen), zero-label"), ("s2", "CTR stage 2, zero-label")):
+        rows.append((name, zl[stage]["selection"][HELD_OUT]["from_tasks"][0], zl[stage]["results"]["tasks"][HELD_OUT]))
+
+    n = len(per_example(backbone))
+    n_templates = len(backbone["templates"])
+    lines = [f"\n## {HELD_OUT}, held out: {n} validation examples x {n_templates} templates "
+             f"(models: {models.source})\n",
+             "Accuracy %: mean over templates and examples, bootstrap 95% interval over examples; "
+             "differences paired over the same examples.\n",
+             "| method | code from | accuracy, 95% interval | median over templates | vs backbone |",
+             "|---|---|---:|---:|---:|"]
+    lines += [f"| {name} | {src} | {interval(res)} | {res['median']:.1f} | "
+              f"{versus(res, backbone) if res is not backbone else '-'} |" for name, src, res in rows]
+    lines += ["", f"**CTR stage 2 zero-label minus the baseline:** {versus(s2, baseline)} points "
+              "(the paper's claim: >= 0).", "", "## What the codes did\n",
+              "| model | code chosen (no label read) | its training task | its agreement | "
+              "mean agreement of the 20 codes with their majority vote |", "|---|---|---|---:|---:|"]
+    codes = {}
+    for stage, label in (("s1", "CTR stage 1"), ("s2", "CTR stage 2")):
         sel = zl[stage]["selection"][HELD_OUT]
-        rows.append((name, sel["from_tasks"][0], zl[stage]["results"]["tasks"][HELD_OUT]))
-
-    # 4. what the codes did: the stage-2 model under the best code of each task type
-    ranked = {stage: zl[stage]["selection"][HELD_OUT]["ranked"] for stage in zl}
-    agreement = {stage: mean(r["agreement"] for r in rs) for stage, rs in ranked.items()}
-    model2 = load_model(str(s2))
-    chosen = zl["s2"]["results"]["tasks"][HELD_OUT]  # the selected code leads its type: scored already
-    per_type = [(ttype, e, chosen if e["code"] == chosen["code"]
-                 else column(model2, code=",".join(map(str, e["code"]))))
-                for ttype, e in sorted(by_type(ranked["s2"], types).items())]
-
-    lines = [f"\n## {HELD_OUT}, held out ({args.examples} validation examples x first {TEMPLATES} templates, "
-             f"median accuracy %; vs backbone: difference of the mean over templates, paired "
-             f"bootstrap 95% interval over examples)\n",
-             "| method | code from | accuracy | vs backbone |", "|---|---|---:|---:|"]
-    lines += [f"| {name} | {src} | {res['median']:.1f} | {versus(res, backbone) if res is not backbone else '-'} |"
-              for name, src, res in rows]
-    lines += ["", "## What the codes did\n",
-              "The stage-2 model on the same examples under the code of each task type that agrees",
-              "most with the training codes' majority vote (selection inputs, no labels):\n",
-              "| task type | code of | accuracy | vs backbone | mean agreement of the type's codes |",
-              "|---|---|---:|---:|---:|"]
-    lines += [f"| {ttype} | {e['task']} | {res['median']:.1f} | {versus(res, backbone)} | "
-              f"{mean(e['agreements']):.2f} |" for ttype, e, res in per_type]
-    lines += ["", "| model | mean agreement of the 20 codes with their majority vote |", "|---|---:|"]
-    lines += [f"| stage {stage[1]} | {agree:.2f} |" for stage, agree in agreement.items()]
+        codes[stage] = {"code": sel["code"], "from_tasks": sel["from_tasks"], "agreement": sel["agreement"],
+                        "mean_agreement": mean(r["agreement"] for r in sel["ranked"])}
+        c = codes[stage]
+        lines.append(f"| {label} | {' '.join(map(str, c['code']))} | {', '.join(c['from_tasks'])} | "
+                     f"{c['agreement']:.2f} | {c['mean_agreement']:.2f} |")
     print("\n".join(lines))
     (out / "demo_table.md").write_text("\n".join(lines) + "\n")
-    write_json(out / "demo_results.json", {  # every scored column, per template and example
-        "rows": {name: res for name, _, res in rows},
-        "per_type": {ttype: {"task": e["task"], "code": e["code"], "result": res} for ttype, e, res in per_type},
-        "provenance": provenance()})
-    print(f"\nchance: 50%. A 135M LM on {len(MIXTURE)} tasks for a few dozen steps; codes that agree "
-          f"with their majority less often change more answers.\n"
-          f"[demo] done in {time.time() - t0:.0f}s; outputs in {out}")
+    summary = {"models": asdict(models), "examples": n, "templates": n_templates,
+               "rows": {name: res for name, _, res in rows}, "codes": codes, "provenance": provenance()}
+    write_json(out / "demo_results.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output-dir", default="runs/demo")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--train", action="store_true",
+                    help="train stage 1, stage 2 and the baseline here instead of loading the releases")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"stage-1 steps (--train; default: the cpu-demo preset's; without --train: "
+                         f"the live run's, default {LIVE_STEPS})")
+    ap.add_argument("--stage2-steps", type=int, default=None,
+                    help="--train: steps of stage 2 and of the baseline (default: the cpu-demo preset's)")
+    ap.add_argument("--stage1", default=None, metavar="NAME",
+                    help="--train: a released codebook (or stage-1 run) of the demo's 20 tasks to start "
+                         "from instead of training stage 1, e.g. smollm2-near20-s1")
+    ap.add_argument("--examples", type=int, default=EXAMPLES,
+                    help="SST-2 validation examples scored (seeded); 0: all 872")
+    ap.add_argument("--templates", type=int, default=None, help="first N templates only (default: all)")
+    ap.add_argument("--limit-examples", type=int, default=None,
+                    help="training examples kept per task (quick checks)")
+    args = ap.parse_args(argv)
+    if args.stage1 and args.steps is not None:
+        ap.error("--steps sets the stage-1 training that --stage1 replaces: pass one of them")
+    if not args.train and (args.stage1 or args.stage2_steps is not None):
+        ap.error("--stage1 and --stage2-steps choose what --train trains: pass --train")
+    out = Path(args.output_dir)
+    shutil.rmtree(out, ignore_errors=True)  # a demo always starts fresh
+    print(f"[demo] data: {data_dir()}")
+    t0 = time.time()
+    types = task_types(MIXTURE)
+    common = dict(model=args.model, preset="cpu-demo", mixing="balanced", tasks=MIXTURE,
+                  max_source_len=64, max_target_len=8, save_every=1000, limit_examples=args.limit_examples)
+    if args.train:
+        models = trained(out, args, common, types)
+    else:
+        models = release_models(args.model)  # checked before anything runs
+        live_stage1(out, common, args.steps or LIVE_STEPS, types)
+        print(f"[demo] 2. {HELD_OUT} from the releases {', '.join(RELEASES.values())}", flush=True)
+    compare(out, args.model, models, args.examples or None, args.templates)
+    print(f"\nchance: 50%. [demo] done in {time.time() - t0:.0f}s; outputs in {out}")
 
 
 if __name__ == "__main__":

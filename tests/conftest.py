@@ -69,3 +69,20 @@ def write_t0_folder(root: Path) -> Path:
 @pytest.fixture
 def task_file(tmp_path) -> Path:
     return write_tasks(tmp_path / "tasks.jsonl")
+
+
+@pytest.fixture(scope="session")
+def lora_runs(tiny_paths, tmp_path_factory):
+    """Real runs of the tiny Llama: stage 1, stage 2 from it with --lora, and the baseline
+    (--no-codes --lora), as the demo's releases are made."""
+    from ctr.config import TrainConfig
+    from ctr.train.trainer import train
+    root = tmp_path_factory.mktemp("lora_release")
+    tasks = write_tasks(root / "tasks.jsonl")
+    common = dict(model=str(tiny_paths["llama"]), preset="tiny", train_files=[str(tasks)],
+                  max_source_len=32, max_target_len=8, code_length=3, codebook_size=8)
+    s1 = train(TrainConfig(output_dir=str(root / "s1"), **common)).parent
+    lora = dict(stage=2, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    s2 = train(TrainConfig(output_dir=str(root / "s2"), init_from=str(s1), **lora, **common)).parent
+    mt = train(TrainConfig(output_dir=str(root / "mt"), no_codes=True, **lora, **common)).parent
+    return {"s1": s1, "s2": s2, "mt": mt}
