@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding ctr/, if any
+PROVENANCE_FILE = "provenance.json"  # what a training run writes beside its train_config.json
 _command: list[str] | None = None  # set by `ctr.cli.main(argv)` when called with its own argv
 
 

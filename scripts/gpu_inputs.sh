@@ -3,7 +3,10 @@
 #   .whl        the wheels the GPU image lacks (scripts/gpu_wheels.py, CPython 3.12)
 #   .dev/a      data.txz (../shared/data without t0_eval) and part_a, the GGUF's first bytes
 #   .dev/b      part_b, the rest of the GGUF
-# The GGUF is cut so that each call (working tree + its carry) stays under 64 MiB.
+# The GGUF is cut so that each call (working tree + its carry) stays under 64 MiB. The GPU
+# steps do not read the committed releases (checkpoints/, about 33 MB): move that folder out of
+# the tree for the two calls (`mv checkpoints /tmp/ctr-releases`, back afterwards), or the
+# GGUF does not fit; a missing tracked file is neither counted here nor carried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -18,7 +21,8 @@ size() { du -cb "$@" | tail -1 | cut -f1; }
 a=$(( LIMIT - tree - $(size .whl .dev/a/data.txz) ))
 total=$(stat -c %s "$GG")
 if [ $a -le 0 ] || [ $(( total - a + tree )) -gt $LIMIT ]; then
-  echo "the working tree ($tree bytes) leaves no room for the GGUF ($total bytes) in two calls" >&2; exit 1
+  echo "the working tree ($tree bytes) leaves no room for the GGUF ($total bytes) in two calls:" \
+       "move checkpoints/ (the releases, which no GPU step reads) out of the tree first" >&2; exit 1
 fi
 head -c $a "$GG" > .dev/a/part_a
 tail -c +$(( a + 1 )) "$GG" > .dev/b/part_b

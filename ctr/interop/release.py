@@ -36,10 +36,9 @@ from ctr.core.lora import LORA_DIR
 from ctr.core.model import CODE_TABLE_FILE, CONFIG_FILE, WEIGHTS_FILE, CTRModel
 from ctr.core.model_card import CARD_FILE, CardInfo, model_card
 from ctr.fileio import atomic_dir, read_json, read_jsonl, write_json
-from ctr.provenance import provenance
+from ctr.provenance import PROVENANCE_FILE, provenance
 from ctr.tasks.mixture import data_dir, read_manifest
 
-PROVENANCE_FILE = "provenance.json"  # the training run's (written beside its train_config.json)
 RUN_FILES = ("metrics.jsonl", "train_config.json", PROVENANCE_FILE)
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

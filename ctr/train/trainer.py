@@ -31,6 +31,7 @@ from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
 from ctr.modes import TrainMode
 from ctr.tasks.mixture import UNKNOWN_TYPE, Task, answer_report, load_jsonl_tasks, load_t0_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from ctr.provenance import PROVENANCE_FILE, provenance
 from ctr.core.loading import require_model_dir
 from ctr.core.model import CONFIG_FILE, CTRModel
 from ctr.core.model_card import CardInfo
@@ -221,6 +222,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
                           pin=acc.device.type == "cuda")
     if acc.is_main_process:
         write_json(out / "train_config.json", dataclasses.asdict(cfg))
+        write_json(out / PROVENANCE_FILE, provenance())  # command, commit, hardware, start time
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"[ctr] stage {cfg.stage}: {len(tasks)} tasks, {n_train:,} trainable parameters, "
               f"{cfg.steps} steps x {cfg.batch_size} examples, device {acc.device}")

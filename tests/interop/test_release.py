@@ -117,7 +117,8 @@ def test_every_committed_release_is_intact():
         if config["lora"]:
             assert {"lora/adapter_config.json", "lora/adapter_model.safetensors"} <= set(meta["files"])
         run = json.loads((folder / "provenance.json").read_text())
-        assert run["command"].split()[1:3] == ["train", "--stage"] and run["time"] and run["hardware"]
+        words = run["command"].split()
+        assert words[1] == "train" and words[2] in ("--stage", "--mode") and run["time"] and run["hardware"]
         assert run["commit"], folder
         card = (folder / "README.md").read_text()
         assert f"# {folder.name}" in card and "## How it was made" in card
@@ -163,6 +164,10 @@ def test_a_lora_release_gives_the_logits_of_the_run_it_came_from(lora_runs, rele
     assert not torch.allclose(fixed_logits(plain, codes), want)
     card = (out / "README.md").read_text()
     assert "# tiny-" + kind in card and f"CTRModel.from_pretrained('tiny-{kind}')" in card
+    # the run recorded where it came from, and the release and its card carry it
+    run_prov = json.loads((run / "provenance.json").read_text())
+    assert json.loads((out / "provenance.json").read_text()) == run_prov
+    assert {"commit", "command", "hardware", "time"} <= set(run_prov) and run_prov["time"][:10] in card
 
 
 def test_a_bf16_lora_release_keeps_the_codes_and_nearly_the_logits(lora_runs, releases_dir):
