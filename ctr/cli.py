@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ctr.config import TrainConfig
+from ctr.config import TRAIN_MODULE_OPTIONS, CTRConfig, TrainConfig
 
 
 def _parse_type(annotation: str) -> tuple[Any, dict[str, Any]]:
@@ -34,11 +34,18 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
         parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS)
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None,
+                       unset: str | None = None) -> None:
+    """A flag per field (`only`: these fields). `unset`: every flag defaults to None, which
+    means what this text says (the options of a nested config, filled in later)."""
     for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or is_config(f.type):
+            continue  # a nested config gets its own flags
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        if default not in (None, [], ""):
+        if unset:
+            default, help_text = None, f"{help_text} (default: {unset})"
+        elif default not in (None, [], ""):
             help_text += f" (default: {default})"
         if str(f.type).replace(" ", "").replace("|None", "") == "bool":
             _add_bool(parser, f.name, default, help_text)
@@ -49,17 +56,22 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                             help=help_text, **kw)
 
 
+def is_config(annotation: Any) -> bool:
+    return str(annotation).replace(" ", "").replace("|None", "") in ("CTRConfig",)
+
+
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not is_config(f.type)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ctr.train.metrics import summarize_run
-    from ctr.train.trainer import train
-    cfg = dataclass_from_args(TrainConfig, args)
-    if args.print_config:  # the values the run would use: preset and codebook recipe resolved
-        print(json.dumps(dataclasses.asdict(cfg), indent=1))
+    from ctr.train.trainer import plan_run, train
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(TRAIN_MODULE_OPTIONS)
+    cfg = TrainConfig.from_flags(**{k: v for k, v in vars(args).items() if k in names})
+    if args.print_config:  # the values the run would use: preset, recipe and --init-from's module
+        print(json.dumps(dataclasses.asdict(plan_run(cfg)), indent=1))
         return 0
     from accelerate import PartialState
     final = train(cfg, stop_after=args.stop_after)
@@ -173,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="multi-task training (stage 1: LM frozen; stage 2: all)",
                        )
     add_dataclass_args(p, TrainConfig)
+    # the CTR module's options (TrainConfig.ctr), each on top of the codebook recipe
+    add_dataclass_args(p, CTRConfig, only=TRAIN_MODULE_OPTIONS, unset="the codebook recipe's")
     p.add_argument("--stop-after", type=int, default=None,
                    help="end this call after N steps without a final save (time-sliced jobs)")
     p.add_argument("--print-config", action="store_true",

@@ -1,8 +1,11 @@
 """Configuration dataclasses: the single source of truth for options.
 
 `CTRConfig` describes the model (saved with every checkpoint); `TrainConfig` describes a
-training run. The CLI is generated from the fields and their `help` metadata
-(see `ctr.cli`), so a new option is added here once.
+training run and holds the CTRConfig of the module it builds (`TrainConfig.ctr`). The CLI
+is generated from the fields and their `help` metadata (`ctr.cli`): an option is added once.
+A TrainConfig is what its user asked for; `resolved()` returns a copy with what the preset
+and the codebook recipe decide filled in. A run writes both, as train_config.json and
+resolved_config.json (`ctr train --print-config` prints the second).
 """
 from __future__ import annotations
 
@@ -97,7 +100,8 @@ class CTRConfig:
     use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
     target_delimiter: str = opt(
         "\n", "text joining an input and its target for decoder-only backbones (see "
-              "ctr.core.prompt_format); training, scoring, search and generation all read it from here")
+              "ctr.core.prompt_format); training, scoring, search and generation all read it from "
+              "here (on the command line backslash escapes are read: '\\n', '\\t')")
     target_eos: bool = opt(True, "training targets end with EOS (seq2seq answer choices are "
                                  "scored with it, decoder-only ones without: ctr.core.prompt_format)")
     backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
@@ -123,6 +127,21 @@ class CTRConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
 
+    @classmethod
+    def recipe(cls, name: str, **options: Any) -> "CTRConfig":
+        """The module of a codebook recipe (`ctr.presets.CODEBOOK_RECIPES`: paper, prompt,
+        stable) with `options` on top. A recipe's LM-trained codebook is dropped when the
+        options ask for the EMA quantizer, which gradients cannot train."""
+        check_choice("--codebook-recipe", name, tuple(CODEBOOK_RECIPES))
+        base = dict(CODEBOOK_RECIPES[name])
+        if options.get("quantizer") == "ema" and "codebook_lm_grad" not in options:
+            base["codebook_lm_grad"] = False
+        return cls(**{**base, **options})
+
+    def options(self) -> dict[str, Any]:
+        """The options a user chooses (the fields `ctr train` takes as flags)."""
+        return {k: getattr(self, k) for k in TRAIN_MODULE_OPTIONS}
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
@@ -132,14 +151,30 @@ class CTRConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CTRConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown CTRConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return from_known_keys(cls, d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+
+TRAIN_CONFIG_FILE = "train_config.json"  # a training run's TrainConfig, as given
+RESOLVED_CONFIG_FILE = "resolved_config.json"  # beside it: what the run used (`TrainConfig.resolved`)
+
+
+def read_run_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """What a training run in `folder` used, as a dict: its resolved_config.json, else (runs
+    that wrote only one file) its train_config.json; {} when it has neither."""
+    for name in (RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return {}
+
+
+def from_known_keys(cls: type, d: dict[str, Any]) -> Any:
+    """A config dataclass from a dict; a key it does not know is an error naming the keys."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**d)
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -214,46 +249,22 @@ class TrainConfig:
     seed: int = opt(0, "random seed (data order, init, dropout)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir")
     mixed_precision: Literal["auto", "no", "bf16"] = opt("auto", "auto: bf16 on GPU, fp32 on CPU")
-    code_length: int = opt(10, "CTR code length L")
-    codebook_size: int = opt(128, "CTR codebook size K")
     codebook_recipe: Literal["paper", "prompt", "stable"] | None = opt(
-        None, "how the codebook is built and learns (each option below overrides its part): "
-              "paper = the authors' module; prompt = code values start as token embeddings and "
-              "are the prompt, trained by the LM loss; stable = prompt's start, every task "
-              "quantised each step, EMA codebook, revival from every task (default of the "
-              "presets meant for long runs; see docs)")
-    quantizer: Literal["plain", "ema"] | None = opt(None, "quantizer variant (recipe)")
-    kmeans_init: bool | None = opt(None, "k-means codebook init from the task encodings (recipe)")
-    dead_code_threshold: float | None = opt(None, "dead-code revival threshold, 0 = off (recipe)")
-    quantize_all_tasks: bool | None = opt(
-        None, "quantise every task's encoding at every step: VQ loss, codebook update and "
-              "dead-code revival see all tasks, not only the batch's (recipe)")
-    value_offsets: bool | None = opt(
-        None, "--quantizer ema: LM-trained offsets added to the centroids in the prompt (recipe)")
-    rotation_trick: bool | None = opt(None, "gradients through the quantizer by the rotation trick (recipe)")
-    code_entropy_weight: float | None = opt(None, "weight of the code-usage entropy term, 0 = off (recipe)")
-    code_entropy_temperature: float | None = opt(None, "distance scale of the code-usage term (recipe)")
-    codebook_warmup_steps: int | None = opt(
-        None, "stage 1: the first N steps train continuous task prompts (the encodings, decoded, "
-              "no codebook); then the codebook is set by k-means on every task's encoding and "
-              "quantisation starts; 0 = quantise from the first step (recipe)")
-    task_init: Literal["random", "description"] = opt("random", "task-embedding init")
-    beta: float | None = opt(None, "commitment loss weight (preset)")
-    vq_weight: float | None = opt(None, "weight of the VQ loss in the total loss (preset)")
-    ema_decay: float | None = opt(None, "EMA decay of --quantizer ema (preset)")
-    encoder_init_std: float | None = opt(None, "std of the per-position encoder init (preset)")
-    codebook_init_scale: float | None = opt(None, "uniform codebook init range; default 100/K")
-    codebook_init: Literal["uniform", "vocab"] | None = opt(
-        None, "codebook init: uniform (paper) or vocab (random token embeddings) (preset)")
-    decoder_init: Literal["random", "identity"] | None = opt(
-        None, "decoder init: random (paper) or identity (preset)")
-    encoder_init: Literal["random", "spread"] | None = opt(
-        None, "encoder init: random (paper) or spread (tasks start on evenly drawn codes) (preset)")
-    codebook_lm_grad: bool | None = opt(
-        None, "the LM loss also trains the selected codebook vectors (preset)")
-    target_delimiter: str = opt(
-        "\\n", "text between an input and its target for decoder-only backbones, saved in the "
-               "checkpoint and used by every command (backslash escapes are read: '\\n', '\\t')")
+        None, "how the codebook is built and learns (each CTR module flag below overrides its "
+              "part; in Python, TrainConfig.ctr replaces the recipe): paper = the authors' module; prompt = code values "
+              "start as token embeddings and are the prompt, trained by the LM loss; stable = "
+              "prompt's start, every task quantised each step, EMA codebook, revival from every "
+              "task (default of the presets meant for long runs; see docs)")
+    ctr: CTRConfig | None = opt(
+        None, "the CTR module the run builds (ctr.config.CTRConfig; task names, backbone and "
+              "codes on/off are filled in by the trainer); None: --codebook-recipe's module. "
+              "On the command line its options are flags of their own (--code-length, "
+              "--quantizer, ...) applied on top of the recipe. Stage 2 from --init-from "
+              "continues that model's module")
+    codebook_warmup_steps: int = opt(
+        0, "stage 1: the first N steps train continuous task prompts (the encodings, decoded, "
+           "no codebook); then the codebook is set by k-means on every task's encoding and "
+           "quantisation starts; 0 = quantise from the first step")
     no_codes: bool = opt(False, "train the backbone without codes (multi-task prompted baseline)")
     joint: bool = opt(False, "stage 2 without --init-from: a fresh CTR module around --model, "
                              "codes and backbone trained together from the first step (a backbone "
@@ -282,6 +293,9 @@ class TrainConfig:
               "(ctr.train.time_budget)")
 
     def __post_init__(self) -> None:
+        """Checks what was given; fills nothing in (see `resolved`)."""
+        if isinstance(self.ctr, dict):  # read back from train_config.json
+            self.ctr = CTRConfig.from_dict(self.ctr)
         self._resolve_mode()
         if self.gradient_checkpointing and self.stage == 1:
             raise ValueError("--gradient-checkpointing saves memory in stage 2; stage 1 keeps the "
@@ -303,29 +317,58 @@ class TrainConfig:
         if self.mode is TrainMode.JOINT and self.init_from:
             raise ValueError("--mode joint (--joint) trains fresh codes and the backbone together: "
                              "drop --init-from (or use --mode finetune to continue a stage-1 model)")
-        self.target_delimiter = parse_delimiter(self.target_delimiter)
         check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--mixing", self.mixing, ("proportional", "balanced"))
-        self.codebook_recipe = self.codebook_recipe or PRESET_RECIPES[self.preset]
-        check_choice("--codebook-recipe", self.codebook_recipe, tuple(CODEBOOK_RECIPES))
-        if self.quantizer == "ema" and self.codebook_lm_grad:
-            raise ValueError("--codebook-lm-grad needs --quantizer plain (the EMA codebook is not "
-                             "trained by gradients)")
-        if self.quantizer == "ema" and self.codebook_lm_grad is None:
-            self.codebook_lm_grad = False  # the recipe minus what EMA cannot do
-        for k, v in {**CODEBOOK_RECIPES[self.codebook_recipe], **PRESETS[self.preset][self.stage]}.items():
-            if getattr(self, k) is None:
-                setattr(self, k, v)
-        if self.micro_batch_tokens and self.dead_code_threshold > 0 and not self.quantize_all_tasks:
+        if self.codebook_recipe is not None:
+            check_choice("--codebook-recipe", self.codebook_recipe, tuple(CODEBOOK_RECIPES))
+        module = self.module()
+        if self.micro_batch_tokens and module.dead_code_threshold > 0 and not module.quantize_all_tasks:
             raise ValueError("--micro-batch-tokens with --dead-code-threshold: code usage decays once "
                              "per forward pass, and a token budget makes the pass count depend on the "
                              "lengths and the number of processes; cap passes by --micro-batch-size "
                              "(or quantise every task: --quantize-all-tasks counts once per step)")
-        if self.encoder_lr_scale is None and self.encoder_init == "spread" and self.stage == 1:
-            self.encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
-        if self.batch_size % self.micro_batch_size:
+        if self.batch_size and self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
+
+    @classmethod
+    def from_flags(cls, **options: Any) -> "TrainConfig":
+        """The config `ctr train` builds from its flags: TrainConfig's own options, and the CTR
+        module's (`TRAIN_MODULE_OPTIONS`; None: not given) on top of the codebook recipe
+        (--codebook-recipe, else the preset's) as `ctr`, which stays None when none is given.
+        `TrainConfig.from_flags(preset="tiny", code_length=4)` is `ctr train --preset tiny
+        --code-length 4`."""
+        module = {k: options.pop(k) for k in TRAIN_MODULE_OPTIONS if k in options}
+        module = {k: v for k, v in module.items() if v is not None}
+        if "target_delimiter" in module:  # as typed on a command line: escapes are read
+            module["target_delimiter"] = parse_delimiter(module["target_delimiter"])
+        cfg = cls(**options)
+        if not module:
+            return cfg
+        recipe = cfg.codebook_recipe or PRESET_RECIPES[cfg.preset]
+        return dataclasses.replace(cfg, codebook_recipe=recipe, ctr=CTRConfig.recipe(recipe, **module))
+
+    def module(self) -> CTRConfig:
+        """The CTR module's options: --ctr, else --codebook-recipe's (default: the preset's)."""
+        return self.ctr or CTRConfig.recipe(self.codebook_recipe or PRESET_RECIPES[self.preset])
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every option the preset and the codebook recipe decide filled in: the
+        hyper-parameters left at None, the module (`ctr`), the recipe's name and the encoder's
+        lr scale. This config is not changed; a run records the copy as resolved_config.json."""
+        filled = {k: v for k, v in PRESETS[self.preset][self.stage].items() if getattr(self, k) is None}
+        module = self.module()
+        encoder_lr_scale = self.encoder_lr_scale
+        if encoder_lr_scale is None and module.encoder_init == "spread" and self.stage == 1:
+            encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
+        recipe = self.codebook_recipe or (None if self.ctr else PRESET_RECIPES[self.preset])
+        return dataclasses.replace(self, **filled, ctr=module, codebook_recipe=recipe,
+                                   encoder_lr_scale=encoder_lr_scale)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A TrainConfig from its JSON form (train_config.json, resolved_config.json)."""
+        return from_known_keys(cls, d)
 
     def _resolve_mode(self) -> None:
         """`mode` from --mode or from the older flags, which are then set to match it."""
@@ -347,27 +390,11 @@ class TrainConfig:
 # With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
 # on its code while the code values learn (results/stage1_diagnosis/cpu/).
 SPREAD_ENCODER_LR_SCALE = 0.002
-# Options of the CTR module that `ctr train` passes to CTRConfig as they are.
-MODEL_KEYS = ("code_length", "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold",
-              "quantize_all_tasks", "value_offsets", "rotation_trick", "code_entropy_weight",
-              "code_entropy_temperature",
-              "task_init", "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
-              "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
-              "codebook_lm_grad")
-@dataclass
-class EvalScope:
-    """What is evaluated and how it is batched: shared by `ctr eval` and the adaptation
-    commands (which evaluate after they adapt), so the two cannot drift apart."""
-
-    suite: Literal["t0", "near"] = opt("t0", "task suite: the 11 held-out T0 tasks or near-transfer sets")
-    tasks: list[str] = opt([], "task names (data folder names); default: the whole suite")
-    templates: list[str] = opt([], "template names to use (default: the original-task templates)")
-    max_examples: int | None = opt(None, "seeded subsample of at most N evaluation examples per task")
-    seed: int = opt(0, "seed of the subsample (and of selection inputs / shots when adapting)")
-    batch_size: int = opt(16, "inputs per scoring batch (halved on out-of-memory)")
-    max_input_len: int = opt(1024, "input tokens kept (from the end)")
-    data_dir: str | None = opt(None, "data folder (default: $CTR_DATA_DIR or ../shared/data)")
-
-    def scope(self) -> dict[str, Any]:
-        """The EvalScope fields of this config, to build another config on the same scope."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalScope)}
+# The CTRConfig fields a user chooses for a training run: `ctr train` takes each as a flag
+# (on top of the codebook recipe); the other fields are filled in by the trainer.
+TRAIN_MODULE_OPTIONS = ("code_length", "codebook_size", "quantizer", "kmeans_init",
+                        "dead_code_threshold", "quantize_all_tasks", "value_offsets", "rotation_trick",
+                        "code_entropy_weight", "code_entropy_temperature", "task_init",
+                        "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
+                        "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
+                        "codebook_lm_grad")

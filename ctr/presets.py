@@ -1,17 +1,16 @@
-"""Presets and codebook recipes: the values `ctr train` fills into the options a run does
-not set (`ctr.config.TrainConfig`). Explicit flags override them."""
+"""Presets and codebook recipes: what `ctr train` uses for the options a run does not set
+(`ctr.config.TrainConfig.resolved`). Explicit flags override them.
+
+A preset holds training hyper-parameters per stage; a codebook recipe holds the options of
+the CTR module (`ctr.config.CTRConfig` fields) that differ from CTRConfig's defaults, which
+are the authors' module."""
 from __future__ import annotations
 
 from typing import Any
 
-# The authors' CTR module and VQ: random projections, a uniform codebook that only the VQ
-# loss moves, the batch's tasks quantised.
-PAPER_MODEL = dict(beta=0.1, vq_weight=1.0, ema_decay=0.8, encoder_init_std=0.1,
-                   codebook_init="uniform", decoder_init="random", encoder_init="random",
-                   codebook_lm_grad=False, quantizer="plain", kmeans_init=False,
-                   dead_code_threshold=0.0, quantize_all_tasks=False, value_offsets=False,
-                   rotation_trick=False, code_entropy_weight=0.0, code_entropy_temperature=1.0,
-                   codebook_warmup_steps=0)
+# The authors' CTR module and VQ (CTRConfig's defaults): random projections, a uniform
+# codebook that only the VQ loss moves, the batch's tasks quantised.
+PAPER_MODEL: dict[str, Any] = {}
 # Code values start as token embeddings and are the soft prompt itself (identity decoder),
 # each task starts on its own code, and the LM loss trains the values directly, so a frozen
 # LM's prompt learns at the speed of prompt tuning (results/stage1_diagnosis/cpu/). Over a

@@ -81,8 +81,8 @@ def lora_runs(tiny_paths, tmp_path_factory):
     tasks = write_tasks(root / "tasks.jsonl")
     common = dict(model=str(tiny_paths["llama"]), preset="tiny", train_files=[str(tasks)],
                   max_source_len=32, max_target_len=8, code_length=3, codebook_size=8)
-    s1 = train(TrainConfig(output_dir=str(root / "s1"), **common)).parent
+    s1 = train(TrainConfig.from_flags(output_dir=str(root / "s1"), **common)).parent
     lora = dict(stage=2, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1)
-    s2 = train(TrainConfig(output_dir=str(root / "s2"), init_from=str(s1), **lora, **common)).parent
-    mt = train(TrainConfig(output_dir=str(root / "mt"), no_codes=True, **lora, **common)).parent
+    s2 = train(TrainConfig.from_flags(output_dir=str(root / "s2"), init_from=str(s1), **lora, **common)).parent
+    mt = train(TrainConfig.from_flags(output_dir=str(root / "mt"), no_codes=True, **lora, **common)).parent
     return {"s1": s1, "s2": s2, "mt": mt}

@@ -27,17 +27,18 @@ def test_print_config_shows_the_resolved_values_and_trains_nothing(tmp_path, cap
     import json
 
     from ctr.cli import main
-    from ctr.presets import CODEBOOK_RECIPES
+    from ctr.presets import CODEBOOK_RECIPES, PRESETS
     out = tmp_path / "run"
     assert main(["train", "--preset", "cpu-small", "--output-dir", str(out), "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    # None fields filled from the preset's codebook recipe, a flag given on the line kept
-    assert cfg["codebook_recipe"] == "stable"
-    assert {k: cfg[k] for k in CODEBOOK_RECIPES["stable"]} == CODEBOOK_RECIPES["stable"]
+    # None fields filled from the preset and its codebook recipe, a flag given on the line kept
+    assert cfg["codebook_recipe"] == "stable" and cfg["steps"] == PRESETS["cpu-small"][1]["steps"]
+    assert {k: cfg["ctr"][k] for k in CODEBOOK_RECIPES["stable"]} == CODEBOOK_RECIPES["stable"]
     assert main(["train", "--codebook-recipe", "paper", "--quantizer", "ema", "--output-dir", str(out),
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["quantizer"] == "ema" and cfg["codebook_recipe"] == "paper"
+    assert cfg["ctr"]["quantizer"] == "ema" and cfg["codebook_recipe"] == "paper"
+    assert cfg["ctr"]["codebook_init"] == "uniform"  # the rest: the paper recipe's
     assert not out.exists()  # nothing trained, nothing written
 
 
@@ -60,7 +61,8 @@ def test_one_mode_names_what_a_run_trains_and_the_older_flags_are_its_aliases():
         assert (cfg.mode, cfg.stage, cfg.no_codes, cfg.joint) == (mode, stage, no_codes, joint), argv
         assert cfg.mode.stage == stage and cfg.mode.uses_codes == (mode is not TrainMode.BASELINE)
     # the preset is read for the mode's stage (stage 2 has its own learning rate)
-    assert TrainConfig(mode="finetune").lr == TrainConfig(stage=2).lr != TrainConfig().lr
+    lr = lambda **kw: TrainConfig(**kw).resolved().lr
+    assert lr(mode="finetune") == lr(stage=2) != lr()
     # a mode and a flag naming another one; a flag combination naming none
     with pytest.raises(ValueError, match="--mode baseline contradicts --stage 2 --joint"):
         TrainConfig(mode="baseline", stage=2, joint=True)

@@ -12,7 +12,8 @@ from typing import Any, Literal
 import torch
 
 from ctr.adapt.authors_protocol import check_protocol, label_balanced_eval
-from ctr.config import EvalScope, opt
+from ctr.config import opt
+from ctr.inference.scope import EvalScope
 from ctr.core.codes import read_codes_file
 from ctr.core.loading import load_model
 from ctr.core.model import CTRModel

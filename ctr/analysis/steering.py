@@ -21,9 +21,10 @@ import torch
 
 from ctr.analysis.options import AnalyzeConfig
 from ctr.analysis.stats import label_values, paired_effect
+from ctr.config import read_run_config
 from ctr.core.loading import load_model
 from ctr.core.model import CTRModel
-from ctr.fileio import read_json, write_json
+from ctr.fileio import write_json
 from ctr.inference.generation import generate_ids_with_codes
 from ctr.tasks.mixture import load_jsonl_tasks, load_t0_tasks
 from ctr.tasks.registry import render_prompts, usable_templates
@@ -76,10 +77,8 @@ def random_controls(code: Sequence[int], positions: Sequence[int], codebook_size
 
 # ---- inputs ---------------------------------------------------------------------------
 def _train_config(folder: Path) -> dict[str, Any]:
-    for cand in (folder, folder.parent):
-        if (cand / "train_config.json").exists():
-            return read_json(cand / "train_config.json")
-    return {}
+    """The run config of a model folder or of the run folder above it."""
+    return read_run_config(folder) or read_run_config(folder.parent)
 
 
 def training_inputs(folder: Path, names: list[str], data_dir: str | None

@@ -21,7 +21,7 @@ from ctr.core.testing import tiny_backbone
 from ctr.train.batching import collate
 from ctr.train.dataset_cache import open_training_data
 from ctr.train.step_batches import resolve_packing
-from ctr.train.trainer import build_model, make_optimizer, set_trainable
+from ctr.train.trainer import build_model, make_optimizer, plan_run, set_trainable
 
 
 def save_tiny_llama(tok, path: Path) -> Path:
@@ -34,6 +34,7 @@ def save_tiny_llama(tok, path: Path) -> Path:
 
 def bare_steps(cfg, passes, device: torch.device):
     """A function running the bare steps of `passes` [(step, rows)]; returns seconds."""
+    cfg = plan_run(cfg)  # the values the trainer's run of `cfg` uses
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, open_training_data(cfg, verbose=False).tasks)
     set_trainable(model, cfg)

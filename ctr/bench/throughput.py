@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     adapter = adapter_for(backbone)
     variants = ["grouped", "sampled"] if packing_problem(backbone) else ["packed", "grouped", "sampled"]
     pack_multiple = args.pack_multiple
-    L = TrainConfig(output_dir=".", model=args.model).code_length
+    L = TrainConfig(output_dir=".", model=args.model).module().code_length
     secs = {v: 0.0 for v in variants}
     passes: dict[str, list] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:

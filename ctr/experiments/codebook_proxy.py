@@ -62,7 +62,7 @@ PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 NEAR = dict(suite="near", max_examples=1000, batch_size=64)
 EVAL_TEMPLATES = 2
 ZERO_LABEL = dict(n_inputs=8, max_templates=1, eval_max_templates=EVAL_TEMPLATES)
-KEPT = ("metrics.jsonl", "train_config.json", "code_table.json", HEALTH_FILE, "time_budget.json")
+KEPT = ("metrics.jsonl", "train_config.json", "resolved_config.json", "code_table.json", HEALTH_FILE, "time_budget.json")
 
 
 def run_dir(runs: Path, recipe: str, seed: int) -> Path:
@@ -73,8 +73,8 @@ def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -
     """Train one proxy run (kept if its final/ exists); returns the run folder."""
     out = run_dir(runs, recipe, seed)
     if not (out / "final").exists():
-        train(TrainConfig(output_dir=str(out), seed=seed, data_dir=data_dir,
-                          **{**PROXY, **RECIPES[recipe]}), stop_after=None)
+        train(TrainConfig.from_flags(output_dir=str(out), seed=seed, data_dir=data_dir,
+                                     **{**PROXY, **RECIPES[recipe]}), stop_after=None)
     return out
 
 

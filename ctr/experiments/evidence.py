@@ -28,6 +28,7 @@ from ctr.analysis.stats import paired_effect
 from ctr.experiments.evidence_bootstrap import (BINOMIAL, EXAMPLES, LEVEL, PAIRED, interval, median_of,
                                                 run_replicates, template_counts, template_outcomes)
 from ctr.adapt.free_prompts import METHOD as FREE_PROMPTS
+from ctr.config import TRAIN_CONFIG_FILE, read_run_config
 from ctr.provenance import provenance
 
 COLUMNS = [  # key, title
@@ -272,9 +273,9 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                                key=lambda p: (order.get(p.name, len(order)), p.name)):
             for name in TRAIN_DIRS:
                 d = pair_dir / name
-                if not (d / "train_config.json").exists():
+                if not (d / TRAIN_CONFIG_FILE).exists():
                     continue
-                cfg = load(d / "train_config.json")
+                cfg = read_run_config(d)
                 kind, stage = training_kind(cfg)
                 row = {"model": cfg.get("model"), "stage": stage, "kind": kind,
                        "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),

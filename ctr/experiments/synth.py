@@ -35,7 +35,7 @@ from ctr.train.batching import encode_tasks
 from ctr.core.prompt_format import PromptEncoder
 from ctr.adapt.bitwise_search import Shot, ShotObjective
 from ctr.adapt.guided_search import GradientGuide, check_top, ranking_recall, run_search
-from ctr.config import TrainConfig, opt
+from ctr.config import CTRConfig, TrainConfig, opt
 from ctr.tasks.mixture import Example, Task
 from ctr.fileio import write_json
 from ctr.provenance import hardware, hardware_tag, provenance
@@ -169,10 +169,11 @@ def train_model(cfg: SynthConfig, suite: Suite, seed: int, run: Path) -> tuple[C
         train_files=[str(data_file)], max_source_len=MAX_SOURCE_LEN, max_target_len=MAX_TARGET_LEN,
         steps=cfg.steps, batch_size=cfg.batch_size, micro_batch_size=cfg.batch_size, lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, projection_lr_scale=1.0, weight_decay=0.0,
-        mixing="balanced", code_length=cfg.code_length, codebook_size=cfg.codebook_size,
-        # k-means init: the default uniform(+-100/K) codebook sits far from the encodings of
-        # a small model, and every task would then snap to the same few values
-        kmeans_init=True, task_init=cfg.task_init, seed=seed,
+        mixing="balanced", seed=seed,
+        # the authors' module; k-means init: the default uniform(+-100/K) codebook sits far
+        # from the encodings of a small model, and every task would then snap to the same few values
+        ctr=CTRConfig(code_length=cfg.code_length, codebook_size=cfg.codebook_size, kmeans_init=True,
+                      task_init=cfg.task_init),
         # padded passes, as the committed results were made: packing changes float rounding
         # only, but this small run's search results move with it (rows are short here anyway)
         packing="no",

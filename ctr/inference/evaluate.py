@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ctr.config import EvalScope, opt
+from ctr.config import opt
+from ctr.inference.scope import EvalScope
 from ctr.tasks.registry import (PAPER_REFERENCE, get_task, list_tasks, load_examples, render_task,
                                select_templates, task_templates, usable_templates)
 from ctr.fileio import read_json, write_json

@@ -11,8 +11,8 @@ The backbone is referenced by the name in ctr_config.json (the embedded `smollm2
 and loaded as usual, so a release is a few MB.
 
 DEST/NAME/ (written atomically) holds the model files (ctr_config.json,
-ctr_weights.safetensors, code_table.json, lora/), the run's metrics.jsonl, train_config.json
-and provenance.json (the training command, commit, hardware and date, where the run has one),
+ctr_weights.safetensors, code_table.json, lora/), the run's metrics.jsonl, train_config.json,
+resolved_config.json and provenance.json (the training command, commit, hardware and date, where the run has one),
 a model card README.md (what it is, how it was trained, how to load it by name, --notes
 appended) and release.json: the source, dtype, the release's provenance and the sha256 and
 size of every model file. The release is loaded once and must reproduce the run's code table.
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE
 from ctr.core.locate import RELEASE_FILE, require_model_dir, sha256
 from ctr.core.lora import LORA_DIR
 from ctr.core.model import CODE_TABLE_FILE, CONFIG_FILE, WEIGHTS_FILE, CTRModel
@@ -39,7 +40,7 @@ from ctr.fileio import atomic_dir, read_json, read_jsonl, write_json
 from ctr.provenance import PROVENANCE_FILE, provenance
 from ctr.tasks.mixture import data_dir, read_manifest
 
-RUN_FILES = ("metrics.jsonl", "train_config.json", PROVENANCE_FILE)
+RUN_FILES = ("metrics.jsonl", TRAIN_CONFIG_FILE, RESOLVED_CONFIG_FILE, PROVENANCE_FILE)
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -126,29 +126,26 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
 
 
 # Settings a resumed run must share with its checkpoint (the rest, e.g. --micro-batch-size,
-# --save-every or --mixed-precision, may change between the two).
+# --save-every or --mixed-precision, may change between the two), besides every option of
+# the CTR module (`CTRConfig.options`).
 RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
                "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
                "task_cap", "encoder_lr_scale", "max_source_len", "max_target_len", "limit_examples",
-               "code_length",
-               "codebook_size", "quantizer", "kmeans_init", "dead_code_threshold", "task_init",
-               "target_delimiter", "no_codes", "joint", "beta", "vq_weight", "ema_decay",
-               "encoder_init_std", "codebook_init_scale", "codebook_init", "decoder_init",
-               "codebook_lm_grad", "quantize_all_tasks", "value_offsets", "rotation_trick",
-               "code_entropy_weight", "code_entropy_temperature", "codebook_warmup_steps",
-               "codebook_recipe", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+               "no_codes", "joint", "codebook_warmup_steps", "codebook_recipe", "lora", "lora_r",
+               "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
     """Refuse to resume a checkpoint whose tasks or key settings differ from this run's
-    (task ids would shift, or the schedule and batches would silently change)."""
+    (task ids would shift, or the schedule and batches would silently change). `cfg`: the
+    run's resolved config, as the checkpoint recorded its own."""
     from ctr.core.model import CONFIG_FILE
     saved = read_json(checkpoint / STATE_FILE).get("config") or {}
-    problems = []
-    for key in RESUME_KEYS:
-        if key in saved and saved[key] != getattr(cfg, key):
-            flag = "--" + key.replace("_", "-")
-            problems.append(f"{flag} {getattr(cfg, key)!r} (checkpoint: {saved[key]!r})")
+    saved_module = saved.get("ctr") or {}
+    compared = [(k, saved[k], getattr(cfg, k)) for k in RESUME_KEYS if k in saved]
+    compared += [(k, saved_module[k], v) for k, v in cfg.module().options().items() if k in saved_module]
+    problems = [f"--{k.replace('_', '-')} {now!r} (checkpoint: {old!r})"
+                for k, old, now in compared if old != now]
     old_names = read_json(checkpoint / "model" / CONFIG_FILE).get("task_names", [])
     if old_names != task_names:
         i = next((i for i, (a, b) in enumerate(zip(old_names, task_names)) if a != b),

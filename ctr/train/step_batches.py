@@ -22,8 +22,8 @@ from ctr.train.batching import Encoded, MixtureSampler, collate, micro_batches, 
 
 
 def resolve_packing(cfg: TrainConfig, model) -> bool:
-    """Whether passes are packed (`--packing`); `cfg.packing` becomes what runs ("yes" or
-    "no"), so that train_config.json and the checkpoints say it."""
+    """Whether passes are packed (`--packing auto` decides by the backbone); the trainer
+    records the answer in resolved_config.json and the checkpoints."""
     if cfg.packing not in ("auto", "yes", "no"):
         raise ValueError(f"--packing must be auto, yes or no, got {cfg.packing!r}")
     problem = packing_problem(model.backbone)
@@ -31,7 +31,6 @@ def resolve_packing(cfg: TrainConfig, model) -> bool:
         raise ValueError(f"--packing yes: packed passes would not be exact for this backbone "
                          f"({problem}); use --packing auto or no")
     on = cfg.packing != "no" and problem is None
-    cfg.packing = "yes" if on else "no"
     if on:
         use_packed_attention(model.backbone)  # before --compile traces the attention
     return on

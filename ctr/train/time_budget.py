@@ -9,10 +9,10 @@ How the budget is spent:
    (`fit_steps`), capped by --steps (the preset's unless given). The warmup keeps its
    share of the schedule (`scaled_warmup`), so warmup and cosine decay end on the new
    last step. Every process adopts the main process's numbers (a broadcast).
-4. The decision goes into `cfg` (so train_config.json and every checkpoint's config say
-   the steps really run), into every later checkpoint's trainer_state.json
-   ("time_budget"), into the metrics record of the decision step ("budget_steps") and
-   into `time_budget.json` in the output folder.
+4. The decision sets the run's `Schedule` (the steps and warmup the trainer and its lr
+   schedule follow; the config keeps the steps asked for) and is recorded beside the config:
+   in every later checkpoint's trainer_state.json ("time_budget"), in the metrics record of
+   the decision step ("budget_steps") and in `time_budget.json` in the output folder.
 5. A guard checks after every step whether the next step, a checkpoint due with it and
    the final save would still end within the budget; if not, the run stops there with
    final/ saved and `time_budget.json` saying `ended_early_at` (the estimate was off,
@@ -27,9 +27,9 @@ against its own --max-minutes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,12 +82,23 @@ def save_estimates(model: torch.nn.Module) -> tuple[float, float]:
     return final, final + moments / SAVE_BYTES_PER_S
 
 
+@dataclass
+class Schedule:
+    """The steps a run takes and its lr schedule's shape: the resolved config's, unless
+    --max-minutes decides fewer steps (the config keeps the steps asked for)."""
+
+    steps: int
+    warmup_steps: int
+    min_lr_ratio: float
+
+
 class TimeBudget:
     """The budget of one launch; inactive (every method a no-op) without --max-minutes,
     except that a decision found in a resumed checkpoint is still adopted."""
 
     def __init__(self, cfg: TrainConfig, acc: Accelerator, output_dir: Path):
         self.cfg, self.acc, self.out = cfg, acc, Path(output_dir)
+        self.schedule = Schedule(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         self.limit_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         self.started = now()
         self.decision: dict[str, Any] | None = None
@@ -111,7 +122,7 @@ class TimeBudget:
         decision = read_json(Path(checkpoint) / STATE_FILE).get(STATE_KEY)
         if decision:
             self.decision = dict(decision)
-            self.cfg.steps, self.cfg.warmup_steps = decision["steps"], decision["warmup_steps"]
+            self.schedule.steps, self.schedule.warmup_steps = decision["steps"], decision["warmup_steps"]
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint's trainer_state.json records."""
@@ -127,7 +138,7 @@ class TimeBudget:
         self.step_times.append(t - self.last)
         self.last, self.done = t, done
         if not self.active or self.decision is not None or len(self.step_times) < PROBE_STEPS \
-                or done >= self.cfg.steps:
+                or done >= self.schedule.steps:
             return {}
         return self._decide(done, model)
 
@@ -145,9 +156,8 @@ class TimeBudget:
                          "decided_at_step": done, "step_time_s": round(step_s, 6),
                          "elapsed_s": round(elapsed, 3), "final_save_s_estimate": round(final_s, 3),
                          "checkpoint_save_s_estimate": round(checkpoint_s, 3)}
-        cfg.steps, cfg.warmup_steps = steps, warmup
+        self.schedule.steps, self.schedule.warmup_steps = steps, warmup
         if self.acc.is_main_process:
-            write_json(self.out / "train_config.json", dataclasses.asdict(cfg))
             write_json(self.out / BUDGET_FILE, self.decision)
             print(f"[ctr] --max-minutes {cfg.max_minutes}: {step_s:.3f}s a step -> {steps} steps "
                   f"(warmup {warmup}; asked {self.decision['requested_steps']})", flush=True)
@@ -172,7 +182,7 @@ class TimeBudget:
     def out_of_time(self, done: int, model: torch.nn.Module) -> bool:
         """Whether to stop after step `done` so that the final save ends in time (the same
         answer on every process)."""
-        if not self.active or done >= self.cfg.steps:
+        if not self.active or done >= self.schedule.steps:
             return False
         final_s, checkpoint_s = save_estimates(model)
         if self.save_times:
@@ -190,8 +200,8 @@ class TimeBudget:
         """After the final save: write down what the run did (main process)."""
         if not (self.active or self.decision) or not self.acc.is_main_process:
             return
-        record = dict(self.decision or {"max_minutes": self.cfg.max_minutes, "steps": self.cfg.steps,
-                                        "warmup_steps": self.cfg.warmup_steps,
+        record = dict(self.decision or {"max_minutes": self.cfg.max_minutes, "steps": self.schedule.steps,
+                                        "warmup_steps": self.schedule.warmup_steps,
                                         "decided_at_step": None})  # ended before the probe did
         record.update(steps_done=self.done, ended_early_at=self.ended_early_at,
                       launch_elapsed_s=round(now() - self.started, 3),

@@ -32,8 +32,8 @@ def train_tiny_run(run, tiny_paths, task_file):
     """A stage-1 run of the tiny llama on the small task file (codes L x K)."""
     from ctr.config import TrainConfig
     from ctr.train.trainer import train
-    train(TrainConfig(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
+    train(TrainConfig.from_flags(output_dir=str(run), model=str(tiny_paths["llama"]), preset="tiny",
+                                 train_files=[str(task_file)], code_length=L, codebook_size=K, max_source_len=32))
     return run
 
 

@@ -176,10 +176,10 @@ def tiny_run(tiny_paths, tmp_path_factory):
         for t, fn in enumerate([str.upper, lambda w: w[::-1], lambda w: w + w, str.title]):
             for w in words:
                 f.write(json.dumps({"task": f"task{t}", "input": f"word: {w}", "target": fn(w)}) + "\n")
-    cfg = TrainConfig(output_dir=str(root / "run"), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=4, codebook_size=8,
-                      max_source_len=32, max_target_len=8,
-                      kmeans_init=True)  # 6 tiny steps from the plain init give 4 equal codes
+    cfg = TrainConfig.from_flags(output_dir=str(root / "run"), model=str(tiny_paths["llama"]), preset="tiny",
+                                 train_files=[str(task_file)], code_length=4, codebook_size=8,
+                                 max_source_len=32, max_target_len=8,
+                                 kmeans_init=True)  # 6 tiny steps from the plain init give 4 equal codes
     train(cfg)
     return root
 

@@ -152,9 +152,9 @@ def test_the_rule_is_saved_with_the_checkpoint_and_read_back(tmp_path):
 
 
 def test_train_flag_reads_escapes():
-    assert TrainConfig(preset="tiny").target_delimiter == "\n"
-    assert TrainConfig(preset="tiny", target_delimiter="\\n\\n").target_delimiter == "\n\n"
-    assert TrainConfig(preset="tiny", target_delimiter=" ").target_delimiter == " "
+    assert TrainConfig(preset="tiny").resolved().ctr.target_delimiter == "\n"
+    assert TrainConfig.from_flags(preset="tiny", target_delimiter="\\n\\n").ctr.target_delimiter == "\n\n"
+    assert TrainConfig.from_flags(preset="tiny", target_delimiter=" ").ctr.target_delimiter == " "
     assert parse_delimiter("Answer:\\t") == "Answer:\t"
     assert parse_delimiter("R\u00e9ponse :\\n") == "R\u00e9ponse :\n"  # accents stay
     assert parse_delimiter("x\\") == "x\\"  # a lone backslash stays

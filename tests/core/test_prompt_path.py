@@ -9,7 +9,7 @@ import torch
 
 from ctr.train.batching import Encoded, collate
 from ctr.cli import build_parser
-from ctr.config import MODEL_KEYS, CTRConfig, TrainConfig
+from ctr.config import TRAIN_MODULE_OPTIONS, CTRConfig, TrainConfig
 from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
 from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
@@ -82,36 +82,55 @@ def test_bad_prompt_path_options_are_clear_errors():
         make(code_dim=16, decoder_init="identity")
 
 
-def test_every_model_option_is_a_train_flag_and_reaches_the_checkpoint_config():
+def test_every_model_option_is_a_train_flag_declared_once():
     ctr_fields = {f.name for f in dataclasses.fields(CTRConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settable = ctr_fields - {"task_names", "use_codes", "backbone", "backbone_trained", "code_dim",
                              "task_embed_dim", "placement", "target_eos",
                              "lora"}  # set by the trainer from --lora-* (ctr.train.lora)
-    assert settable <= set(MODEL_KEYS) <= train_fields
-    args = build_parser().parse_args(
-        ["train", "--beta", "0.25", "--vq-weight", "0.5", "--codebook-init", "vocab",
-         "--decoder-init", "identity", "--codebook-lm-grad", "--encoder-init-std", "0.01"])
-    assert (args.beta, args.vq_weight, args.codebook_init, args.codebook_lm_grad) == (0.25, 0.5, "vocab", True)
+    assert settable == set(TRAIN_MODULE_OPTIONS)
+    # TrainConfig holds the module's config instead of repeating its fields; the one shared
+    # name is --lora, the switch whose settings CTRConfig.lora records
+    assert train_fields & ctr_fields == {"lora"}
+    args = ["train", "--preset", "cpu-small", "--codebook-recipe", "prompt", "--beta", "0.25",
+            "--vq-weight", "0.5", "--codebook-init", "uniform", "--codebook-lm-grad",
+            "--encoder-init-std", "0.01", "--target-delimiter", "\\t"]
+    parsed = build_parser().parse_args(args)
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(TRAIN_MODULE_OPTIONS)
+    cfg = TrainConfig.from_flags(**{k: v for k, v in vars(parsed).items() if k in names})
+    m = cfg.ctr  # the given flags on top of the prompt recipe, escapes read
+    assert (m.beta, m.vq_weight, m.codebook_init, m.codebook_lm_grad, m.encoder_init_std) == (
+        0.25, 0.5, "uniform", True, 0.01)
+    assert (m.target_delimiter, cfg.codebook_recipe) == ("\t", "prompt")
+    assert (m.decoder_init, m.encoder_init) == ("identity", "spread")  # the recipe's, not flags
+    assert TrainConfig.from_flags(preset="cpu-small").ctr is None  # no module flag: the recipe decides
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_fill_the_model_options_and_flags_override_them(preset):
     cfg = TrainConfig(preset=preset)
-    assert cfg.codebook_recipe == PRESET_RECIPES[preset]
-    for k, v in CODEBOOK_RECIPES[cfg.codebook_recipe].items():
-        assert getattr(cfg, k) == v, k
-    assert TrainConfig(preset=preset, codebook_lm_grad=False, beta=0.3).codebook_lm_grad is False
+    assert (cfg.ctr, cfg.codebook_recipe, cfg.steps, cfg.lr) == (None, None, None, None)  # as given
+    run = cfg.resolved()
+    assert run.codebook_recipe == PRESET_RECIPES[preset]
+    for k, v in CODEBOOK_RECIPES[run.codebook_recipe].items():
+        assert getattr(run.ctr, k) == v, k
+    for k, v in PRESETS[preset][1].items():
+        assert getattr(run, k) == v, k
+    assert cfg == TrainConfig(preset=preset)  # resolving filled a copy, not the config
+    resolved = TrainConfig.from_flags(preset=preset, codebook_lm_grad=False, beta=0.3).resolved()
+    assert (resolved.ctr.codebook_lm_grad, resolved.ctr.beta) == (False, 0.3)
     for recipe, options in CODEBOOK_RECIPES.items():  # --codebook-recipe on any preset
-        cfg = TrainConfig(preset=preset, codebook_recipe=recipe, dead_code_threshold=0.5)
-        assert cfg.dead_code_threshold == 0.5  # a flag overrides its part of the recipe
-        assert all(getattr(cfg, k) == v for k, v in options.items() if k != "dead_code_threshold")
-    # the authors' recipe stays reachable for exact replication
-    paper = TrainConfig(preset="paper", codebook_recipe="paper")
+        m = TrainConfig.from_flags(preset=preset, codebook_recipe=recipe, dead_code_threshold=0.5).resolved().ctr
+        assert m.dead_code_threshold == 0.5  # a flag overrides its part of the recipe
+        assert all(getattr(m, k) == v for k, v in options.items() if k != "dead_code_threshold")
+    # the authors' recipe stays reachable for exact replication: CTRConfig's defaults
+    paper = TrainConfig(preset="paper", codebook_recipe="paper").resolved().ctr
+    assert paper == CTRConfig()
     assert (paper.codebook_init, paper.quantizer, paper.quantize_all_tasks) == ("uniform", "plain", False)
     with pytest.raises(ValueError, match="--codebook-recipe"):
         TrainConfig(codebook_recipe="fancy")
-
+    given = CTRConfig(code_length=4)  # a module given whole is used as it is
+    assert TrainConfig(preset=preset, ctr=given).resolved().ctr is given
 
 
 @pytest.mark.parametrize("n_tasks", [3, 40])
@@ -137,23 +156,23 @@ def test_encoder_lr_scale_sets_the_encoder_group_alone():
     from ctr.train.trainer import make_optimizer
     model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
     model.freeze_backbone()
-    cfg = TrainConfig(preset="cpu-small")
+    cfg = TrainConfig(preset="cpu-small").resolved()
     lrs = {id(p): g["lr"] for g in make_optimizer(model, cfg).param_groups for p in g["params"]}
     assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)  # with --encoder-init spread
     assert lrs[id(model.decoder.weight)] == pytest.approx(cfg.lr * 0.01)
     assert lrs[id(model.quantizer.codebook)] == lrs[id(model.task_embedding.weight)] == cfg.lr
-    paper = TrainConfig(preset="paper", codebook_recipe="paper")  # no encoder scale: the projection scale for both
+    paper = TrainConfig(preset="paper", codebook_recipe="paper").resolved()  # no encoder scale: the projection scale for both
     lrs = {id(p): g["lr"] for g in make_optimizer(model, paper).param_groups for p in g["params"]}
     assert lrs[id(model.encoder)] == lrs[id(model.decoder.weight)] == paper.lr
 
 
 def test_ema_takes_the_prompt_recipe_without_the_codebook_gradient():
     prompt = dict(preset="cpu-small", codebook_recipe="prompt")
-    assert TrainConfig(**prompt, quantizer="ema").codebook_lm_grad is False
-    assert TrainConfig(**prompt).codebook_lm_grad is True
-    with pytest.raises(ValueError, match="--codebook-lm-grad needs --quantizer plain"):
-        TrainConfig(**prompt, quantizer="ema", codebook_lm_grad=True)
+    assert TrainConfig.from_flags(**prompt, quantizer="ema").resolved().ctr.codebook_lm_grad is False
+    assert TrainConfig.from_flags(**prompt).resolved().ctr.codebook_lm_grad is True
+    with pytest.raises(ValueError, match="codebook_lm_grad needs quantizer='plain'"):
+        TrainConfig.from_flags(**prompt, quantizer="ema", codebook_lm_grad=True)
     spread = TrainConfig(preset="cpu-small")
-    assert spread.encoder_lr_scale == 0.002
-    assert TrainConfig(preset="cpu-small", encoder_init="random").encoder_lr_scale is None
-    assert TrainConfig(preset="cpu-small", stage=2).encoder_lr_scale is None
+    assert spread.encoder_lr_scale is None and spread.resolved().encoder_lr_scale == 0.002
+    assert TrainConfig.from_flags(preset="cpu-small", encoder_init="random").resolved().encoder_lr_scale is None
+    assert TrainConfig(preset="cpu-small", stage=2).resolved().encoder_lr_scale is None

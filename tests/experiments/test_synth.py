@@ -81,7 +81,7 @@ def test_bad_options_fail_clearly():
         SynthConfig(preset="huge")
     with pytest.raises(ValueError, match="--joint"):
         from ctr.config import TrainConfig
-        TrainConfig(stage=1, joint=True)
+        TrainConfig.from_flags(stage=1, joint=True)
 
 
 def test_quick_run_learns_training_tasks_and_search_beats_random(tmp_path):

@@ -142,9 +142,9 @@ def test_the_main_process_builds_and_the_others_open(tiny_paths, task_file, tmp_
 
 
 def _cfg(tiny_paths, task_file, out, **kw):
-    return TrainConfig(output_dir=str(out), model=str(tiny_paths["llama"]), preset="tiny",
-                       train_files=[str(task_file)], max_source_len=32, max_target_len=8,
-                       code_length=3, codebook_size=8, save_every=3, **kw)
+    return TrainConfig.from_flags(output_dir=str(out), model=str(tiny_paths["llama"]), preset="tiny",
+                                  train_files=[str(task_file)], max_source_len=32, max_target_len=8,
+                                  code_length=3, codebook_size=8, save_every=3, **kw)
 
 
 def test_trainer_trains_from_the_cache_as_from_memory(tiny_paths, task_file, tmp_path, capsys):
@@ -171,11 +171,11 @@ def test_trainer_trains_from_the_cache_as_from_memory(tiny_paths, task_file, tmp
 
 def test_default_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CTR_DATA_CACHE", str(tmp_path / "env"))
-    assert dataset_cache.data_cache_root(TrainConfig(preset="tiny")) == tmp_path / "env"
-    assert dataset_cache.data_cache_root(TrainConfig(preset="tiny", data_cache=str(tmp_path))) == tmp_path
+    assert dataset_cache.data_cache_root(TrainConfig.from_flags(preset="tiny")) == tmp_path / "env"
+    assert dataset_cache.data_cache_root(TrainConfig.from_flags(preset="tiny", data_cache=str(tmp_path))) == tmp_path
     monkeypatch.delenv("CTR_DATA_CACHE")
     monkeypatch.setenv("CTR_CACHE_DIR", str(tmp_path / "ctr"))
-    assert dataset_cache.data_cache_root(TrainConfig(preset="tiny")) == tmp_path / "ctr" / "data"
+    assert dataset_cache.data_cache_root(TrainConfig.from_flags(preset="tiny")) == tmp_path / "ctr" / "data"
 
 
 def test_bench_data_runs_tiny(tiny_paths, tmp_path, capsys):

@@ -36,7 +36,7 @@ for run in json.load(open(sys.argv[1])):
     if "argv" in run:
         assert main(run["argv"]) == 0
     else:
-        train(TrainConfig(**run["cfg"]), stop_after=run.get("stop_after"))
+        train(TrainConfig.from_flags(**run["cfg"]), stop_after=run.get("stop_after"))
 """
 TOKEN_BUDGET = 30  # padded positions per forward pass (--micro-batch-tokens)
 REVIVAL = 0.99  # usage starts at 1 and decays 1% per forward pass: unused codes revive at once
@@ -82,20 +82,20 @@ def runs(tiny_paths, tmp_path_factory):
     # continuous prompts for 2 steps, then k-means of every task's encoding
     warm = dict(quantizer="ema", quantize_all_tasks=True, codebook_warmup_steps=2,
                 dead_code_threshold=REVIVAL, value_offsets=True)
-    one = {"s1": train(TrainConfig(**c("one_s1", **s1))),
-           "ema": train(TrainConfig(**c("one_ema", micro_batch_size=4, **ema))),
-           "all": train(TrainConfig(**c("one_all", **every))),
-           "warm": train(TrainConfig(**c("one_warm", **warm)))}
+    one = {"s1": train(TrainConfig.from_flags(**c("one_s1", **s1))),
+           "ema": train(TrainConfig.from_flags(**c("one_ema", micro_batch_size=4, **ema))),
+           "all": train(TrainConfig.from_flags(**c("one_all", **every))),
+           "warm": train(TrainConfig.from_flags(**c("one_warm", **warm)))}
     s2 = dict(stage=2, init_from=str(one["s1"]))
-    one["s2"] = train(TrainConfig(**c("one_s2", **s2)))
+    one["s2"] = train(TrainConfig.from_flags(**c("one_s2", **s2)))
     lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
-    one["lora"] = train(TrainConfig(**c("one_lora", **lora)))
+    one["lora"] = train(TrainConfig.from_flags(**c("one_lora", **lora)))
     # a token budget per forward pass: the two processes' shards plan different pass counts.
     # Stage 2 with fresh codes (--joint): continuing one["s1"] would adopt its dead-code
     # threshold, whose revival depends on the pass count (what --micro-batch-tokens refuses)
     tok = dict(stage=2, joint=True, micro_batch_tokens=TOKEN_BUDGET)
-    one["tok"] = train(TrainConfig(**c("one_tok", **tok)))
-    one["tok_cfg"] = TrainConfig(**c("plan", micro_batch_tokens=TOKEN_BUDGET))
+    one["tok"] = train(TrainConfig.from_flags(**c("one_tok", **tok)))
+    one["tok_cfg"] = TrainConfig.from_flags(**c("plan", micro_batch_tokens=TOKEN_BUDGET))
     cli = ["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny", "--train-files",
            str(tasks), "--max-source-len", "32", "--max-target-len", "8", "--code-length", "3",
            "--codebook-size", "8", "--save-every", "3", "--dead-code-threshold", str(REVIVAL),
@@ -141,7 +141,7 @@ def test_the_token_budget_case_has_processes_planning_different_pass_counts(runs
     from ctr.core.prompt_format import PromptEncoder
     from ctr.train.batching import encode_tasks, micro_batches
     _, one = runs
-    cfg = one["tok_cfg"]
+    cfg = one["tok_cfg"].resolved()  # the values the trainer plans with
     tasks = load_tasks(cfg, verbose=False)
     model = build_model(cfg, tasks)
     rows = encode_tasks(tasks, PromptEncoder.for_model(model), cfg.max_source_len, cfg.max_target_len)
@@ -164,9 +164,9 @@ def test_two_processes_train_the_one_process_model(runs, name):
     # process than on two (so --micro-batch-tokens refuses --dead-code-threshold, its only reader)
     assert_same_weights(one[name], two / "final", skip=("quantizer.usage",) if name == "tok" else ())
     for run in (root / f"one_{name}", two):  # packed passes (the default where exact)
-        assert json.loads((run / "train_config.json").read_text())["packing"] == "yes"
+        assert json.loads((run / "resolved_config.json").read_text())["packing"] == "yes"
     ra, rb = records(root / f"one_{name}"), records(two)
-    steps = TrainConfig(preset="tiny").steps
+    steps = TrainConfig(preset="tiny").resolved().steps
     # one record per step: the main process alone writes, and the schedule steps once
     assert [r["step"] for r in rb] == list(range(1, steps + 1))
     assert [r["lr"] for r in rb] == pytest.approx([r["lr"] for r in ra], rel=1e-12)
@@ -234,10 +234,10 @@ def fresh_accelerate_state():
 def test_bf16_training_uses_the_saved_code_table(tiny_paths, task_file, tmp_path, quantizer,
                                                  fresh_accelerate_state):
     # long codes and a big codebook: bf16 rounding would flip a few of the 3 x 32 positions
-    cfg = TrainConfig(**base_cfg(tiny_paths, task_file, tmp_path / "run", mixed_precision="bf16",
+    cfg = TrainConfig.from_flags(**base_cfg(tiny_paths, task_file, tmp_path / "run", mixed_precision="bf16",
                                  code_length=32, codebook_size=256, steps=4, save_every=1,
                                  keep_checkpoints=10, quantizer=quantizer,
-                                 group_by_length=False))  # codes come back in sampled row order
+                                 group_by_length=False)).resolved()  # codes come back in sampled row order
     seen: dict[int, list[torch.Tensor]] = {}
 
     def capture(step, o):

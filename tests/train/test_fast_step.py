@@ -24,7 +24,7 @@ def test_packed_passes_give_the_padded_loss_and_gradients(tiny_paths, tmp_path, 
                                         micro_batch_size=micro, **extra, **kw)
     ref_record, ref = run("padded", packing="no")
     record, got = run("packed", packing="yes")
-    assert json.loads((tmp_path / "packed" / "train_config.json").read_text())["packing"] == "yes"
+    assert json.loads((tmp_path / "packed" / "resolved_config.json").read_text())["packing"] == "yes"
     for key in ("loss", "lm_loss", "vq_loss"):
         assert record[key] == pytest.approx(ref_record[key], rel=1e-5, abs=1e-7), key
     assert got.keys() == ref.keys() and any(n.startswith("backbone.") for n in ref) == (stage == 2)
@@ -34,13 +34,13 @@ def test_packed_passes_give_the_padded_loss_and_gradients(tiny_paths, tmp_path, 
 
 def test_the_run_says_whether_it_packs(tiny_paths, task_file, tmp_path, capsys):
     for arch, line in (("llama", "packing: on"), ("t5", "packing: off (an encoder-decoder backbone")):
-        cfg = TrainConfig(output_dir=str(tmp_path / arch), model=str(tiny_paths[arch]), preset="tiny",
-                          train_files=[str(task_file)], code_length=3, codebook_size=8, steps=1)
+        cfg = TrainConfig.from_flags(output_dir=str(tmp_path / arch), model=str(tiny_paths[arch]), preset="tiny",
+                                     train_files=[str(task_file)], code_length=3, codebook_size=8, steps=1)
         train(cfg)
         assert line in capsys.readouterr().out
     with pytest.raises(ValueError, match="--packing yes"):
-        train(TrainConfig(output_dir=str(tmp_path / "x"), model=str(tiny_paths["t5"]), preset="tiny",
-                          train_files=[str(task_file)], code_length=3, codebook_size=8, packing="yes"))
+        train(TrainConfig.from_flags(output_dir=str(tmp_path / "x"), model=str(tiny_paths["t5"]), preset="tiny",
+                                     train_files=[str(task_file)], code_length=3, codebook_size=8, packing="yes"))
 
 
 class HostReads(TorchDispatchMode):
@@ -68,9 +68,9 @@ class HostReads(TorchDispatchMode):
 
 
 def host_reads_per_step(tiny_paths, task_file, out, monkeypatch, **kw):
-    cfg = TrainConfig(output_dir=str(out), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=3, codebook_size=8, steps=7,
-                      log_every=3, save_every=100, fused_adamw="yes", **kw)  # as on a GPU:
+    cfg = TrainConfig.from_flags(output_dir=str(out), model=str(tiny_paths["llama"]), preset="tiny",
+                                 train_files=[str(task_file)], code_length=3, codebook_size=8, steps=7,
+                                 log_every=3, save_every=100, fused_adamw="yes", **kw)  # as on a GPU:
     # the for-loop AdamW reads its step count, a host tensor there, from a CPU tensor here
     reads, at_start = HostReads(), {}
     for name in ("tolist", "cpu", "numpy"):  # host copies that do not dispatch on a CPU tensor
@@ -122,17 +122,17 @@ def test_the_host_read_counter_sees_the_padded_pass(tiny_paths, task_file, tmp_p
 
 def test_batches_prepared_ahead_train_the_same_weights(tiny_paths, task_file, tmp_path):
     def weights(name, **kw):
-        cfg = TrainConfig(output_dir=str(tmp_path / name), model=str(tiny_paths["llama"]), preset="tiny",
-                          train_files=[str(task_file)], code_length=3, codebook_size=8, **kw)
+        cfg = TrainConfig.from_flags(output_dir=str(tmp_path / name), model=str(tiny_paths["llama"]), preset="tiny",
+                                     train_files=[str(task_file)], code_length=3, codebook_size=8, **kw)
         return load_file(str(train(cfg) / "ctr_weights.safetensors"))
     ahead, inline = weights("ahead", prefetch=3), weights("inline", prefetch=0)
     assert ahead.keys() == inline.keys() and all(torch.equal(ahead[k], inline[k]) for k in ahead)
 
 
 def test_divergence_between_reads_names_the_steps(tiny_paths, task_file, tmp_path):
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=3, codebook_size=8, log_every=3,
-                      save_every=3, steps=9)
+    cfg = TrainConfig.from_flags(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
+                                 train_files=[str(task_file)], code_length=3, codebook_size=8, log_every=3,
+                                 save_every=3, steps=9)
 
     def poison(step, out):
         if step == 4:
@@ -154,9 +154,9 @@ def test_compiled_packed_passes_do_not_recompile_every_step(tiny_paths, task_fil
     torch._dynamo.reset()
     counters.clear()  # graphs counted from here (and left at 0 for the tests after this one)
     graphs = {}
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
-                      train_files=[str(task_file)], code_length=3, codebook_size=8, steps=6,
-                      compile=True, pack_multiple=16, save_every=100)
+    cfg = TrainConfig.from_flags(output_dir=str(tmp_path / "run"), model=str(tiny_paths["llama"]), preset="tiny",
+                                 train_files=[str(task_file)], code_length=3, codebook_size=8, steps=6,
+                                 compile=True, pack_multiple=16, save_every=100)
     train(cfg, hooks={"step_end": lambda step: graphs.__setitem__(step, counters["stats"]["unique_graphs"])})
     assert graphs[0] >= 1 and graphs[5] == graphs[2], graphs
     torch._dynamo.reset()

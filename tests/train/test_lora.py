@@ -26,7 +26,7 @@ def cfg_for(paths, task_file, out, **kw) -> TrainConfig:
                 train_files=[str(task_file)], max_source_len=32, max_target_len=8,
                 code_length=3, codebook_size=8, save_every=2)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flags(**base)
 
 
 def lora_cfg(paths, task_file, stage1, out, **kw) -> TrainConfig:
@@ -154,9 +154,9 @@ def test_lora_flags_and_their_checks():
     assert (cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) == \
         (True, 4, 8, 0.0, ["q_proj", "v_proj"])
     with pytest.raises(ValueError, match="--lora .* --stage 2"):
-        TrainConfig(lora=True)
+        TrainConfig.from_flags(lora=True)
     with pytest.raises(ValueError, match="--lora-r"):
-        TrainConfig(stage=2, init_from="x", lora=True, lora_r=0)
+        TrainConfig.from_flags(stage=2, init_from="x", lora=True, lora_r=0)
 
 
 

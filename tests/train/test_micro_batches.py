@@ -59,15 +59,15 @@ def test_grouping_pads_less_than_the_sampled_order():
 
 def test_micro_batch_flags_are_checked(tmp_path):
     with pytest.raises(ValueError, match="--micro-batch-tokens"):
-        TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=0)
+        TrainConfig.from_flags(output_dir=str(tmp_path), micro_batch_tokens=0)
     with pytest.raises(ValueError, match="--micro-batch-size"):
         micro_batches(rows_of([(1, 1)]), 0, DecoderOnlyAdapter())
     with pytest.raises(ValueError, match="--micro-batch-tokens with --dead-code-threshold"):
-        TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
-                    quantize_all_tasks=False)
+        TrainConfig.from_flags(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
+                               quantize_all_tasks=False)
     # every task quantised: usage is counted once per optimizer step, whatever the passes
-    TrainConfig(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
-                quantize_all_tasks=True)
+    TrainConfig.from_flags(output_dir=str(tmp_path), micro_batch_tokens=512, dead_code_threshold=0.5,
+                           quantize_all_tasks=True)
 
 
 def varied_tasks(path):
@@ -89,9 +89,9 @@ def first_step(tiny_paths, tasks, out, arch, **kw):
     def keep(step, core):
         grads.update({n: p.grad.detach().clone() for n, p in core.named_parameters()
                       if p.grad is not None})
-    cfg = TrainConfig(output_dir=str(out), model=str(tiny_paths[arch]), preset="tiny",
-                      train_files=[str(tasks)], max_source_len=64, max_target_len=8, code_length=3,
-                      codebook_size=8, batch_size=8, **kw)
+    cfg = TrainConfig.from_flags(output_dir=str(out), model=str(tiny_paths[arch]), preset="tiny",
+                                 train_files=[str(tasks)], max_source_len=64, max_target_len=8, code_length=3,
+                                 codebook_size=8, batch_size=8, **kw)
     train(cfg, stop_after=1, hooks={"before_update": keep})
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     return record, grads

@@ -38,7 +38,7 @@ def cfg_for(tiny_paths, task_file, out, **kw):
                 train_files=[str(task_file)], max_source_len=32, max_target_len=8,
                 code_length=3, codebook_size=8, save_every=2)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flags(**base)
 
 
 def same_weights(a: Path, b: Path) -> None:

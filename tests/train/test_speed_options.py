@@ -44,7 +44,7 @@ def test_gradient_checkpointing_gives_the_same_stage2_gradients(tiny_paths, tmp_
 
 def test_checkpointing_in_stage_1_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--gradient-checkpointing"):
-        TrainConfig(output_dir=str(tmp_path), stage=1, gradient_checkpointing=True)
+        TrainConfig.from_flags(output_dir=str(tmp_path), stage=1, gradient_checkpointing=True)
 
 
 def test_fused_adamw_trains_the_same_weights(tiny_paths, task_file, tmp_path, monkeypatch):
@@ -60,9 +60,9 @@ def test_fused_adamw_trains_the_same_weights(tiny_paths, task_file, tmp_path, mo
 
     def weights(name, fused):
         kernel_calls.clear()
-        cfg = TrainConfig(output_dir=str(tmp_path / name), model=str(tiny_paths["llama"]), preset="tiny",
-                          train_files=[str(task_file)], max_source_len=32, max_target_len=8,
-                          code_length=3, codebook_size=8, steps=3, save_every=100, fused_adamw=fused)
+        cfg = TrainConfig.from_flags(output_dir=str(tmp_path / name), model=str(tiny_paths["llama"]), preset="tiny",
+                                     train_files=[str(task_file)], max_source_len=32, max_target_len=8,
+                                     code_length=3, codebook_size=8, steps=3, save_every=100, fused_adamw=fused)
         return load_file(str(train(cfg) / "ctr_weights.safetensors")), len(kernel_calls)
     (plain, plain_calls), (fused, fused_calls) = weights("plain", "no"), weights("fused", "yes")
     assert plain_calls == 0 and fused_calls >= 3  # at least one kernel call per step

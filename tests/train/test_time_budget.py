@@ -21,7 +21,7 @@ def cfg_for(paths, task_file, out, **kw) -> TrainConfig:
                 train_files=[str(task_file)], max_source_len=32, max_target_len=8,
                 code_length=3, codebook_size=8, save_every=2, steps=40, warmup_steps=8)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flags(**base)
 
 
 def records(run) -> list[dict]:
@@ -51,7 +51,9 @@ def test_a_tiny_budget_ends_with_a_loadable_model(tiny_paths, task_file, tmp_pat
     if budget["decided_at_step"] is not None:  # it got through the probe
         assert budget["requested_steps"] == 100000 and budget["steps"] < 100000
     assert records(out)[-1]["step"] == steps_done
-    assert json.loads((out / "train_config.json").read_text())["steps"] == budget["steps"]
+    # the decision is recorded beside the config, which keeps the steps asked for
+    assert json.loads((out / "train_config.json").read_text())["steps"] == 100000
+    assert json.loads((out / "resolved_config.json").read_text())["steps"] == 100000
 
 
 class FakeClock:
@@ -89,11 +91,12 @@ def test_the_decision_is_recorded_and_kept_on_resume(tiny_paths, task_file, tmp_
     rs = records(tmp_path / "full")
     assert [r["step"] for r in rs] == list(range(1, steps + 1))
     assert [r.get("budget_steps") for r in rs if "budget_steps" in r] == [steps]
-    assert rs[-1]["lr"] == pytest.approx(TrainConfig(preset="tiny").lr * 0.1)  # decay ended
+    assert rs[-1]["lr"] == pytest.approx(TrainConfig(preset="tiny").resolved().lr * 0.1)  # decay ended
     first_ckpt = min((tmp_path / "full").glob("checkpoint-*"))
     assert int(first_ckpt.name.split("-")[1]) >= PROBE_STEPS  # none before the decision
     state = json.loads((first_ckpt / "trainer_state.json").read_text())
-    assert state["time_budget"]["steps"] == steps and state["config"]["steps"] == steps
+    # the decision beside the run's config, which keeps the steps asked for
+    assert state["time_budget"]["steps"] == steps and state["config"]["steps"] == 40
 
     # killed after step 6, resumed on a machine 5x faster: the same schedule to the same end
     fake_time(monkeypatch, lambda step: 1.0)

@@ -1,6 +1,8 @@
 """Training: stage 1 freezes the LM and trains all CTR parts, resume, NaN, stage 2, CLI."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -18,7 +20,7 @@ def cfg_for(tiny_paths, task_file, out, arch="llama", **kw):
                 train_files=[str(task_file)], max_source_len=32, max_target_len=8,
                 code_length=3, codebook_size=8, save_every=3)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flags(**base)
 
 
 def backbone_state(path):
@@ -34,7 +36,7 @@ CPU_RECIPE = dict(codebook_init="vocab", decoder_init="identity", encoder_init="
 @pytest.mark.parametrize("arch,recipe", [("llama", {}), ("t5", {}), ("llama", CPU_RECIPE)])
 def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file, tmp_path, arch,
                                                            recipe):
-    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch, **recipe)
+    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", arch, **recipe).resolved()
     torch.manual_seed(cfg.seed)
     from ctr.train.trainer import build_model, load_tasks
     init = build_model(cfg, load_tasks(cfg, verbose=False))
@@ -59,7 +61,7 @@ def test_stage1_freezes_backbone_and_trains_every_ctr_part(tiny_paths, task_file
     assert [r["step"] for r in records] == list(range(1, cfg.steps + 1))
     for key in ("loss", "vq_loss", "code_perplexity", "codes_in_use", "lr", "grad_norm"):
         assert key in records[-1]
-    assert len(records[-1]["code_perplexity"]) == cfg.code_length
+    assert len(records[-1]["code_perplexity"]) == cfg.ctr.code_length
 
 
 @pytest.mark.parametrize("quantizer,stage", [("plain", 1), ("ema", 1), ("plain", 2)])
@@ -88,14 +90,28 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_paths, task_fil
     assert strip(la) == strip(lb)
 
 
+def test_a_run_leaves_its_config_as_given_and_records_what_it_used(tiny_paths, task_file, tmp_path):
+    cfg = cfg_for(tiny_paths, task_file, tmp_path / "run", max_minutes=5.0)
+    given = copy.deepcopy(cfg)
+    train(cfg)
+    assert cfg == given  # neither the preset, the packing nor the time budget wrote into it
+    read = lambda name: TrainConfig.from_dict(json.loads((tmp_path / "run" / name).read_text()))
+    assert read("train_config.json") == given and given.steps is None
+    used = read("resolved_config.json")  # beside it: the preset's values, the module, the layout
+    assert used == dataclasses.replace(given.resolved(), packing="yes")
+    assert used.steps == 6 and used.ctr.code_length == 3 and used.codebook_recipe == "paper"
+
+
 def test_stage2_trains_backbone_and_saves_it(tiny_paths, task_file, tmp_path):
     s1 = train(cfg_for(tiny_paths, task_file, tmp_path / "s1"))
     s2 = train(cfg_for(tiny_paths, task_file, tmp_path / "s2", stage=2, init_from=str(s1),
                        vq_weight=0.5, codebook_lm_grad=True))
     assert (s2 / "backbone" / "config.json").exists()
-    # stage 2 goes on with stage 1's module, and its train_config.json says so
-    recorded = json.loads((tmp_path / "s2" / "train_config.json").read_text())
+    # stage 2 goes on with stage 1's module, and its resolved_config.json says so
+    recorded = json.loads((tmp_path / "s2" / "resolved_config.json").read_text())["ctr"]
     assert (recorded["vq_weight"], recorded["codebook_lm_grad"]) == (1.0, False)
+    given = json.loads((tmp_path / "s2" / "train_config.json").read_text())["ctr"]
+    assert (given["vq_weight"], given["codebook_lm_grad"]) == (0.5, True)  # as it was given
     with pytest.raises(ValueError, match="target-delimiter"):
         train(cfg_for(tiny_paths, task_file, tmp_path / "s2b", stage=2, init_from=str(s1),
                       target_delimiter=" "))
