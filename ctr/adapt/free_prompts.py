@@ -28,14 +28,14 @@ from typing import Any
 import torch
 
 from ctr.adapt.prompt_tuning import token_embedding_rows
-from ctr.config import CTRConfig, opt, parse_delimiter
+from ctr.config import CTRConfig, MixtureOptions, opt, parse_delimiter
 from ctr.core.backbone import default_device, load_backbone
 from ctr.core.model import CTRModel
 from ctr.core.model_card import CardInfo
 from ctr.core.prompt_format import PromptEncoder
 from ctr.fileio import append_jsonl, write_json
 from ctr.provenance import provenance
-from ctr.tasks.mixture_options import MixtureOptions
+from ctr.tasks.mixture import load_tasks
 from ctr.train.batching import MixtureSampler, collate, encode_tasks
 from ctr.train.trainer import lr_lambda
 
@@ -46,7 +46,7 @@ PROBE_OFFSET = 10_000  # the held-in probe reads the sampler's batches from this
 @dataclass
 class FreePromptConfig(MixtureOptions):
     """Multi-task prompt tuning of a frozen backbone (`ctr free-prompts`); the mixture options
-    are `ctr.tasks.mixture_options.MixtureOptions`."""
+    are `ctr.config.MixtureOptions`."""
 
     output_dir: str = opt("runs/free_prompts", "folder for train_config.json, metrics.jsonl, "
                                                "summary.json and the prompts as a CTR model (final/)")
@@ -89,7 +89,7 @@ def initial_prompts(model: CTRModel, tasks: int, length: int, seed: int) -> torc
 def train_free_prompts(cfg: FreePromptConfig) -> dict[str, Any]:
     """Train the prompts, save them as a CTR model in OUTPUT_DIR/final; returns the summary."""
     torch.manual_seed(cfg.seed)
-    tasks = cfg.load_tasks()
+    tasks = load_tasks(cfg)
     backbone, tok = load_backbone(cfg.model)
     delimiter = parse_delimiter(cfg.target_delimiter)
     model = CTRModel(backbone, CTRConfig(use_codes=False, backbone=cfg.model, target_delimiter=delimiter), tok)

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ctr.config import MixtureOptions
+
 END_MARKER = "<|endoftext|>"
 MANIFEST = "t0_train_manifest.tsv"
 DATA_ENV_VAR = "CTR_DATA_DIR"
@@ -268,3 +270,20 @@ def answer_report(tasks: list[Task], limit: int = 40) -> str:
     more = f"\n  ... {len(lines) - limit} more" if len(lines) > limit else ""
     return "answer distributions (tasks with <= %d distinct answers):\n" % FEW_ANSWERS + \
         "\n".join(lines[:limit]) + more
+
+
+def load_tasks(options: MixtureOptions, verbose: bool = False) -> list[Task]:
+    """The training tasks a command's mixture options choose (`ctr.config.MixtureOptions`),
+    in memory; `verbose` prints the loading summary and the answers of the tasks."""
+    if options.train_files:
+        tasks, report = load_jsonl_tasks(options.train_files, options.drop_single_answer,
+                                         options.limit_examples)
+    else:
+        tasks, report = load_t0_tasks(options.data_dir, options.tasks or None, options.drop_single_answer,
+                                      options.limit_examples, options.max_tasks, options.tasks_per_type)
+    if not tasks:
+        raise ValueError("no training tasks left after loading (--tasks / --train-files)")
+    if verbose:
+        print(report.summary())
+        print(answer_report(tasks, limit=12))
+    return tasks

@@ -219,7 +219,7 @@ class TrainingData:
 
 
 def open_training_data(cfg: TrainConfig, acc=None, verbose: bool = True) -> TrainingData:
-    """`trainer.load_tasks` through the Arrow cache: the same tasks, sizes and report."""
+    """`ctr.tasks.mixture.load_tasks` through the Arrow cache: the same tasks, sizes and report."""
     root = data_cache_root(cfg)
     main = acc is None or acc.is_main_process
     with _first(acc):

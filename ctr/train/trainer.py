@@ -29,7 +29,7 @@ from ctr.train.checkpoint import (check_resume, latest_checkpoint, load_training
                                   save_checkpoint)
 from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE, CTRConfig, TrainConfig
 from ctr.modes import TrainMode
-from ctr.tasks.mixture import UNKNOWN_TYPE, Task, answer_report, load_jsonl_tasks, load_t0_tasks
+from ctr.tasks.mixture import UNKNOWN_TYPE, Task, load_tasks
 from ctr.fileio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ctr.provenance import PROVENANCE_FILE, provenance
 from ctr.core.loading import require_model_dir
@@ -44,20 +44,6 @@ from ctr.train.step_stats import StepClock, StepStats, TrainingDiverged  # noqa:
 from ctr.train.time_budget import Schedule, TimeBudget
 
 COMPILE_BACKEND = "inductor"  # --compile's torch.compile backend (tests use a faster one)
-
-
-def load_tasks(cfg: TrainConfig, verbose: bool = True) -> list[Task]:
-    if cfg.train_files:
-        tasks, report = load_jsonl_tasks(cfg.train_files, cfg.drop_single_answer, cfg.limit_examples)
-    else:
-        tasks, report = load_t0_tasks(cfg.data_dir, cfg.tasks or None, cfg.drop_single_answer,
-                                      cfg.limit_examples, cfg.max_tasks, cfg.tasks_per_type)
-    if not tasks:
-        raise ValueError("no training tasks left after loading (see the summary above)")
-    if verbose:
-        print(report.summary())
-        print(answer_report(tasks, limit=12))
-    return tasks
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 
 from ctr.train.batching import Encoded, collate
 from ctr.cli import build_parser
-from ctr.config import TRAIN_MODULE_OPTIONS, CTRConfig, TrainConfig
+from ctr.config import TRAIN_MODULE_OPTIONS, CTRConfig, MixtureOptions, TrainConfig
 from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
 from ctr.core.model import CTRModel
 from ctr.core.testing import tiny_backbone
@@ -92,6 +92,9 @@ def test_every_model_option_is_a_train_flag_declared_once():
     # TrainConfig holds the module's config instead of repeating its fields; the one shared
     # name is --lora, the switch whose settings CTRConfig.lora records
     assert train_fields & ctr_fields == {"lora"}
+    # the mixture options are inherited, not declared again
+    assert set(MixtureOptions.__annotations__) <= train_fields
+    assert not set(TrainConfig.__annotations__) & set(MixtureOptions.__annotations__)
     args = ["train", "--preset", "cpu-small", "--codebook-recipe", "prompt", "--beta", "0.25",
             "--vq-weight", "0.5", "--codebook-init", "uniform", "--codebook-lm-grad",
             "--encoder-init-std", "0.01", "--target-delimiter", "\\t"]

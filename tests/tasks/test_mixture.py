@@ -115,7 +115,8 @@ def test_the_near20_mixture_is_the_released_codebooks_and_loads(capsys):
         data_dir()
     except FileNotFoundError as e:
         pytest.skip(f"data not available: {e}")
-    from ctr.tasks.mixture_options import MixtureOptions
-    tasks = MixtureOptions(tasks=mixture("near20"), limit_examples=2).load_tasks()
+    from ctr.config import MixtureOptions
+    from ctr.tasks.mixture import load_tasks
+    tasks = load_tasks(MixtureOptions(tasks=mixture("near20"), limit_examples=2))
     assert [t.name for t in tasks] == list(NEAR20)
     assert {t.task_type for t in tasks} == {"sentiment", "topic_classification", "paraphrase_identification"}

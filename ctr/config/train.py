@@ -1,158 +1,18 @@
-"""Configuration dataclasses: the single source of truth for options.
-
-`CTRConfig` describes the model (saved with every checkpoint); `TrainConfig` describes a
-training run and holds the CTRConfig of the module it builds (`TrainConfig.ctr`). The CLI
-is generated from the fields and their `help` metadata (`ctr.cli`): an option is added once.
-A TrainConfig is what its user asked for; `resolved()` returns a copy with what the preset
-and the codebook recipe decide filled in. A run writes both, as train_config.json and
-resolved_config.json (`ctr train --print-config` prints the second).
-"""
+"""`TrainConfig`: one training run (`ctr train`), holding the CTRConfig of the module it
+builds; `resolved()` fills in what the preset and the codebook recipe decide."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from ctr.config.fields import check_choice, from_known_keys, opt, parse_delimiter
+from ctr.config.mixture import MixtureOptions
+from ctr.config.model import TRAIN_MODULE_OPTIONS, CTRConfig
 from ctr.modes import TrainMode
 from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
-
-
-QUANTIZERS = ("plain", "ema")
-CODEBOOK_INITS = ("uniform", "vocab")
-DECODER_INITS = ("random", "identity")
-ENCODER_INITS = ("random", "spread")
-PLACEMENTS = ("prefix",)
-TASK_INITS = ("random", "description")
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def parse_delimiter(text: str) -> str:
-    """A delimiter as typed on a command line: the escapes \\n, \\t, \\r and \\\\ are read;
-    any other character (accents included) stays as it is."""
-    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
-
-
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its CLI help text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class CTRConfig:
-    """The CTR module around a backbone (paper values are the defaults)."""
-
-    code_length: int = opt(10, "number of code positions L (soft-prompt length)")
-    codebook_size: int = opt(128, "codebook size K (values per position)")
-    code_dim: int | None = opt(None, "codebook vector size; default: the backbone's hidden size")
-    task_embed_dim: int | None = opt(None, "task-embedding size; default: code_dim")
-    task_names: list[str] = opt([], "training task names, in task-id order")
-    beta: float = opt(0.1, "commitment loss weight")
-    vq_weight: float = opt(1.0, "weight of the VQ loss (codebook + commitment) in the total loss")
-    task_init: Literal["random", "description"] = opt(
-        "random", "task-embedding init: N(0,1) or from description vectors")
-    encoder_init_std: float = opt(0.1, "std of the per-position encoder init")
-    codebook_init_scale: float | None = opt(
-        None, "codebook init uniform(-s, s); default 100/K as in the released code")
-    codebook_init: Literal["uniform", "vocab"] = opt(
-        "uniform", "uniform: uniform(-s, s) (paper); vocab: K random token embeddings of the "
-                   "backbone, so a code value starts as a word-like prompt vector")
-    encoder_init: Literal["random", "spread"] = opt(
-        "random", "random: N(0, encoder_init_std) (paper); spread: the encoder is solved so that "
-                  "each training task starts exactly on a code, values drawn evenly from the "
-                  "codebook (no collapse onto a few values, VQ loss 0 at the start)")
-    decoder_init: Literal["random", "identity"] = opt(
-        "random", "random: nn.Linear's default (paper); identity: the decoder starts as the "
-                  "identity, so the soft prompt is the codebook vectors (needs code_dim = hidden)")
-    codebook_lm_grad: bool = opt(
-        False, "the LM loss also trains the selected codebook vectors (forward: the codebook "
-               "vector; gradient to it and, straight through, to the task encoding). Paper: only "
-               "the VQ loss moves the codebook, so the prompt the LM sees learns only slowly")
-    quantizer: Literal["plain", "ema"] = opt(
-        "plain", "plain: learned codebook (paper); ema: EMA codebook updates")
-    ema_decay: float = opt(0.8, "EMA decay (quantizer=ema)")
-    kmeans_init: bool = opt(False, "initialise the codebook by k-means on the task encodings")
-    dead_code_threshold: float = opt(
-        0.0, "revive codes whose EMA usage falls below this (0 = off)")
-    quantize_all_tasks: bool = opt(
-        False, "training quantises every task's encoding at every step, not only the batch's: "
-               "the VQ loss, the codebook update and dead-code revival see all tasks (the codes "
-               "depend on the task only, so this is T x L vectors a step)")
-    value_offsets: bool = opt(
-        False, "quantizer=ema: each value also has an offset that the LM loss trains, added to its "
-               "centroid in the prompt (the centroids alone, an EMA k-means of the tasks, decide "
-               "the codes); a revived value's offset starts at 0")
-    rotation_trick: bool = opt(
-        False, "gradients reach the encodings through the rotation trick (Fifty et al. 2024, "
-               "vector-quantize-pytorch) instead of straight through (paper)")
-    code_entropy_weight: float = opt(
-        0.0, "weight of a code-usage term: minus the entropy of the tasks' mean soft assignment "
-             "to the codebook, per position (0 = off)")
-    code_entropy_temperature: float = opt(
-        1.0, "distance scale of the soft assignment of --code-entropy-weight")
-    placement: Literal["prefix"] = opt("prefix", "where the soft prompt goes: before the input")
-    use_codes: bool = opt(True, "false: no soft prompt (multi-task prompted baseline)")
-    target_delimiter: str = opt(
-        "\n", "text joining an input and its target for decoder-only backbones (see "
-              "ctr.core.prompt_format); training, scoring, search and generation all read it from "
-              "here (on the command line backslash escapes are read: '\\n', '\\t')")
-    target_eos: bool = opt(True, "training targets end with EOS (seq2seq answer choices are "
-                                 "scored with it, decoder-only ones without: ctr.core.prompt_format)")
-    backbone: str = opt("", "backbone name or path (recorded for from_pretrained)")
-    backbone_trained: bool = opt(False, "true when the backbone weights are saved with the CTR weights")
-    lora: dict[str, Any] | None = opt(
-        None, "LoRA settings (r, alpha, dropout, target_modules) when a PEFT LoRA adapter on the "
-              "backbone is saved in the model's lora/ folder (ctr.core.lora); None: no adapter")
-
-    def __post_init__(self) -> None:
-        check_choice("quantizer", self.quantizer, QUANTIZERS)
-        check_choice("placement", self.placement, PLACEMENTS)
-        check_choice("task_init", self.task_init, TASK_INITS)
-        check_choice("codebook_init", self.codebook_init, CODEBOOK_INITS)
-        check_choice("decoder_init", self.decoder_init, DECODER_INITS)
-        check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
-        if self.codebook_lm_grad and self.quantizer != "plain":
-            raise ValueError("codebook_lm_grad needs quantizer='plain' (the EMA codebook is not "
-                             "trained by gradients)")
-        if self.value_offsets and self.quantizer != "ema":
-            raise ValueError("value_offsets needs quantizer='ema' (the plain codebook learns its "
-                             "values itself: codebook_lm_grad)")
-        for name in ("code_length", "codebook_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CTRConfig.{name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def recipe(cls, name: str, **options: Any) -> "CTRConfig":
-        """The module of a codebook recipe (`ctr.presets.CODEBOOK_RECIPES`: paper, prompt,
-        stable) with `options` on top. A recipe's LM-trained codebook is dropped when the
-        options ask for the EMA quantizer, which gradients cannot train."""
-        check_choice("--codebook-recipe", name, tuple(CODEBOOK_RECIPES))
-        base = dict(CODEBOOK_RECIPES[name])
-        if options.get("quantizer") == "ema" and "codebook_lm_grad" not in options:
-            base["codebook_lm_grad"] = False
-        return cls(**{**base, **options})
-
-    def options(self) -> dict[str, Any]:
-        """The options a user chooses (the fields `ctr train` takes as flags)."""
-        return {k: getattr(self, k) for k in TRAIN_MODULE_OPTIONS}
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.task_names)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CTRConfig":
-        return from_known_keys(cls, d)
-
 
 TRAIN_CONFIG_FILE = "train_config.json"  # a training run's TrainConfig, as given
 RESOLVED_CONFIG_FILE = "resolved_config.json"  # beside it: what the run used (`TrainConfig.resolved`)
@@ -169,22 +29,9 @@ def read_run_config(folder: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-def from_known_keys(cls: type, d: dict[str, Any]) -> Any:
-    """A config dataclass from a dict; a key it does not know is an error naming the keys."""
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    return cls(**d)
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 @dataclass
-class TrainConfig:
-    """One training run (`ctr train`)."""
+class TrainConfig(MixtureOptions):
+    """One training run (`ctr train`); its mixture options are those of `MixtureOptions`."""
 
     output_dir: str = opt("runs/ctr", "folder for checkpoints, metrics.jsonl and the final model")
     model: str = opt("smollm2", "backbone: 'smollm2' (embedded default), a local HF folder or a hub id")
@@ -197,17 +44,6 @@ class TrainConfig:
                         "the same as --mode codebook / finetune")
     init_from: str | None = opt(None, "CTR checkpoint to start from (stage 2: the stage-1 result)")
     preset: str = opt("cpu-small", "hyper-parameter preset: paper, cpu-small, cpu-demo, tiny")
-    data_dir: str | None = opt(None, "T0 data folder (default: $CTR_DATA_DIR or ../shared/data)")
-    train_files: list[str] = opt([], "JSONL task files (task, input, target[, choices]) instead of T0")
-    tasks: list[str] = opt([], "only these T0 training tasks (file stems); default all")
-    max_tasks: int | None = opt(None, "use only the first N tasks (sorted by name)")
-    tasks_per_type: int | None = opt(None, "use at most N tasks per task type, spread over datasets")
-    drop_single_answer: bool = opt(False, "drop tasks whose targets are all the same answer")
-    mixing: Literal["proportional", "balanced"] = opt(
-        "proportional", "proportional: by task size with a per-task cap (paper); balanced: tasks uniform")
-    task_cap: int = opt(50000, "per-task example cap for proportional mixing")
-    max_source_len: int = opt(384, "max source tokens (truncated from the left of the text end)")
-    max_target_len: int = opt(32, "max target tokens")
     steps: int | None = opt(None, "optimizer steps")
     batch_size: int | None = opt(None, "global batch (examples per optimizer step)")
     micro_batch_size: int | None = opt(None, "examples per forward pass per process")
@@ -276,7 +112,6 @@ class TrainConfig:
     no_data_cache: bool = opt(False, "read and tokenise the data in memory, without the Arrow cache "
                                      "(JSON lines and the T0 folder only)")
     data_workers: int = opt(1, "processes reading and tokenising the data when the cache is built")
-    limit_examples: int | None = opt(None, "read at most N examples per task file (quick runs)")
     lora: bool = opt(False, "stage 2: train LoRA adapters (PEFT) and the CTR module; the backbone's "
                             "base weights stay as they are. The adapter is saved in PEFT's format "
                             "in the model folder's lora/ (ctr.core.lora)")
@@ -318,7 +153,7 @@ class TrainConfig:
             raise ValueError("--mode joint (--joint) trains fresh codes and the backbone together: "
                              "drop --init-from (or use --mode finetune to continue a stage-1 model)")
         check_choice("--preset", self.preset, tuple(PRESETS))
-        check_choice("--mixing", self.mixing, ("proportional", "balanced"))
+        self.check_mixture()
         if self.codebook_recipe is not None:
             check_choice("--codebook-recipe", self.codebook_recipe, tuple(CODEBOOK_RECIPES))
         module = self.module()
@@ -390,11 +225,3 @@ class TrainConfig:
 # With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
 # on its code while the code values learn (results/stage1_diagnosis/cpu/).
 SPREAD_ENCODER_LR_SCALE = 0.002
-# The CTRConfig fields a user chooses for a training run: `ctr train` takes each as a flag
-# (on top of the codebook recipe); the other fields are filled in by the trainer.
-TRAIN_MODULE_OPTIONS = ("code_length", "codebook_size", "quantizer", "kmeans_init",
-                        "dead_code_threshold", "quantize_all_tasks", "value_offsets", "rotation_trick",
-                        "code_entropy_weight", "code_entropy_temperature", "task_init",
-                        "target_delimiter", "beta", "vq_weight", "ema_decay", "encoder_init_std",
-                        "codebook_init_scale", "codebook_init", "decoder_init", "encoder_init",
-                        "codebook_lm_grad")

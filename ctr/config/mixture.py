@@ -1,13 +1,12 @@
-"""The options that choose, cut and sample a training mixture, as one dataclass: a command
-that trains on a mixture inherits them (`ctr free-prompts`), so each is declared once, with
-its help text, and means the same in every command (`ctr train` declares the same names)."""
+"""`MixtureOptions`: the options that choose, cut and sample a training mixture, declared
+once for every command that trains on one (`ctr train`, `ctr free-prompts`);
+`ctr.tasks.mixture.load_tasks` reads the tasks they choose."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from ctr.config import opt
-from ctr.tasks.mixture import Task, load_jsonl_tasks, load_t0_tasks
+from ctr.config.fields import check_choice, opt
 
 
 @dataclass
@@ -26,16 +25,4 @@ class MixtureOptions:
     max_target_len: int = opt(32, "max target tokens")
 
     def check_mixture(self) -> None:
-        if self.mixing not in ("proportional", "balanced"):
-            raise ValueError(f"--mixing must be proportional or balanced, got {self.mixing!r}")
-
-    def load_tasks(self) -> list[Task]:
-        """The training tasks these options choose (in memory)."""
-        if self.train_files:
-            tasks, _ = load_jsonl_tasks(self.train_files, self.drop_single_answer, self.limit_examples)
-        else:
-            tasks, _ = load_t0_tasks(self.data_dir, self.tasks or None, self.drop_single_answer,
-                                     self.limit_examples, self.max_tasks, self.tasks_per_type)
-        if not tasks:
-            raise ValueError("no training tasks left after loading (--tasks / --train-files)")
-        return tasks
+        check_choice("--mixing", self.mixing, ("proportional", "balanced"))
