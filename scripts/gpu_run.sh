@@ -14,7 +14,7 @@
 #   TPT      T0 tasks per task type (12)      T0MAX   T0 examples per task ("" = full sets)
 #   AUDIT_TASKS  tasks the audit runs, in order (T0 and near names)
 #   RELEASE_MIN  minutes of the release's stage 1 (8)   RELEASE  its name (smollm2-t0-s1)
-#   TP_ARGS  extra flags of the throughput benchmark   PROF_ARGS  of scripts/profile_train_step.py
+#   TP_ARGS  extra flags of the throughput benchmark   PROF_ARGS  of ctr.bench.profile
 #   EV_STEPS training steps of each evidence run (150)  EV_TEMPLATES  near-suite templates (3)
 # Every step has a time limit; a failed step is logged and the next one runs.
 set -uo pipefail
@@ -67,10 +67,10 @@ env_check() {  # the carried wheels complete (every module imports); the backbon
   python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 }
 packcheck() {  # packed passes against padded ones on this device (fp32 and bf16)
-  python3 scripts/check_packing.py
+  python3 -m ctr.bench.packing_check
 }
 profile() {  # where a few stage-2 and stage-1 steps spend their time, host vs device
-  python3 scripts/profile_train_step.py --model $MODEL $PROF_ARGS --out $R/profile_train.txt
+  python3 -m ctr.bench.profile --model $MODEL $PROF_ARGS --out $R/profile_train.txt
 }
 evidence() {  # stage 1, stage 2 and the multi-task baseline, each EV_STEPS x BS on the mixture;
   # the near suite scored by the backbone, the baseline and CTR zero-label (stage 2's model)

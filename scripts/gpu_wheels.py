@@ -2,6 +2,9 @@
 
     python scripts/gpu_wheels.py [--dest .whl] [--twins .whl_here] [--check-only]
 
+A script, not a module of the package, like gpu_check_env.py and gpu_image_view.py that
+use it: they prepare and check an environment in which `ctr` cannot be imported yet.
+
 The dependencies of pyproject.toml and theirs, at the versions pip resolved for this
 environment, minus the packages of the GPU image (scripts/gpu_image.txt, not descended
 into: the image holds their own needs), each downloaded with `pip download --no-deps` for
@@ -107,16 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dest", default=str(ROOT / ".whl"))
     ap.add_argument("--twins", default=None, help="folder for this interpreter's copies of the non-pure wheels")
-    ap.add_argument("--check-only", action="store_true", help="compare scripts/gpu_wheels.txt only")
+    ap.add_argument("--check-only", action="store_true", help="compare the wheel list (--list) only")
+    ap.add_argument("--image", default=str(IMAGE), help="the GPU image's packages (name==version lines)")
+    ap.add_argument("--list", default=str(MANIFEST), help="the wheel list --check-only compares")
     args = ap.parse_args(argv)
-    carry, problems = needed(image_packages())
+    carry, problems = needed(image_packages(Path(args.image)))
     for p in problems:
         print(f"[gpu_wheels] {p}", file=sys.stderr)
-    listed = manifest()
+    listed = manifest(Path(args.list))
     if args.check_only:
         missing = unlisted(carry, listed)
         for n, v in missing.items():
-            print(f"[gpu_wheels] {n}=={v} is needed but scripts/gpu_wheels.txt has {listed.get(n)}", file=sys.stderr)
+            print(f"[gpu_wheels] {n}=={v} is needed but {args.list} has {listed.get(n)}", file=sys.stderr)
+        print(f"[gpu_wheels] {'FAILED' if missing or problems else 'ok'}: carried {', '.join(carry)}")
         return 1 if missing or problems else 0
     if problems:
         return 1

@@ -1,7 +1,7 @@
 """Packed passes against padded ones on this machine's device (what tests/core/test_packing.py
 checks on the CPU): a tiny Llama, mixed tasks and lengths in one pass, stage 2.
 
-    python scripts/check_packing.py      (exit 1 when a difference passes its tolerance)
+    python -m ctr.bench.packing_check      (exit 1 when a difference passes its tolerance)
 
 fp32: the per-row attention, loss and gradients to 1e-4. bf16 autocast (on a GPU: PyTorch's
 varlen flash attention, where this torch has it): the loss to 2% and the gradients' cosine
@@ -27,7 +27,7 @@ def run(model, batch, device, dtype):
         out = model(**{k: v.to(device) for k, v in batch.items()})
     out.token_loss_sum.backward()
     grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
-    return out.token_loss_sum.float(), grads
+    return out.token_loss_sum.detach().float(), grads
 
 
 def main() -> int:

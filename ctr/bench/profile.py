@@ -1,7 +1,7 @@
 """Where the trainer's steps spend their time: a torch.profiler trace of a few steps of
 `ctr train` (stage 2 with fresh codes, then stage 1), summarised into one small text file.
 
-    python scripts/profile_train_step.py [--model smollm2] [--batch 64] [--steps 3] [--out FILE]
+    python -m ctr.bench.profile [--model smollm2] [--batch 64] [--steps 3] [--out FILE]
 
 Each stage trains on the T0 mixture (single-answer tasks dropped, as ctr.bench.train
 --throughput does) with its default layout (packed passes where the backbone packs); step 0
