@@ -3,10 +3,12 @@ builds; `resolved()` fills in what the preset and the codebook recipe decide."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from ctr.config.fields import check_choice, from_known_keys, opt, parse_delimiter
 from ctr.config.mixture import MixtureOptions
@@ -174,14 +176,21 @@ class TrainConfig(MixtureOptions):
         `TrainConfig.from_flags(preset="tiny", code_length=4)` is `ctr train --preset tiny
         --code-length 4`."""
         module = {k: options.pop(k) for k in TRAIN_MODULE_OPTIONS if k in options}
+        cfg = cls(**options)
+        cfg._take_module_options(module)
+        return cfg
+
+    def _take_module_options(self, module: dict[str, Any]) -> None:
+        """While the config is built: the CTR module's options given as flags (None: not
+        given) on top of the codebook recipe, as `ctr`."""
         module = {k: v for k, v in module.items() if v is not None}
+        if not module:
+            return
         if "target_delimiter" in module:  # as typed on a command line: escapes are read
             module["target_delimiter"] = parse_delimiter(module["target_delimiter"])
-        cfg = cls(**options)
-        if not module:
-            return cfg
-        recipe = cfg.codebook_recipe or PRESET_RECIPES[cfg.preset]
-        return dataclasses.replace(cfg, codebook_recipe=recipe, ctr=CTRConfig.recipe(recipe, **module))
+        self.codebook_recipe = self.codebook_recipe or PRESET_RECIPES[self.preset]
+        self.ctr = CTRConfig.recipe(self.codebook_recipe, **module)
+        self.__post_init__()  # the checks that read the module
 
     def module(self) -> CTRConfig:
         """The CTR module's options: --ctr, else --codebook-recipe's (default: the preset's)."""
@@ -225,3 +234,22 @@ class TrainConfig(MixtureOptions):
 # With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
 # on its code while the code values learn (results/stage1_diagnosis/cpu/).
 SPREAD_ENCODER_LR_SCALE = 0.002
+
+
+def _module_options_as_keywords(init: Callable[..., None]) -> Callable[..., None]:
+    """`TrainConfig(code_length=4, ...)`, the CTR module's options as keywords of TrainConfig
+    itself, which they were before `TrainConfig.ctr` held them: kept as an alias that works
+    as `from_flags` does and says what replaced it."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        module = {k: kw.pop(k) for k in TRAIN_MODULE_OPTIONS if k in kw}
+        init(self, *args, **kw)
+        if module:
+            warnings.warn(f"TrainConfig({'=..., '.join(module)}=...): the CTR module's options are "
+                          "TrainConfig.ctr now; pass the same keywords to TrainConfig.from_flags, or "
+                          "ctr=CTRConfig.recipe(RECIPE, ...)", FutureWarning, stacklevel=2)
+            self._take_module_options(module)
+    return __init__
+
+
+TrainConfig.__init__ = _module_options_as_keywords(TrainConfig.__init__)

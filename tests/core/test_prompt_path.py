@@ -179,3 +179,10 @@ def test_ema_takes_the_prompt_recipe_without_the_codebook_gradient():
     assert spread.encoder_lr_scale is None and spread.resolved().encoder_lr_scale == 0.002
     assert TrainConfig.from_flags(preset="cpu-small", encoder_init="random").resolved().encoder_lr_scale is None
     assert TrainConfig(preset="cpu-small", stage=2).resolved().encoder_lr_scale is None
+
+
+def test_module_options_as_trainconfig_keywords_still_work_and_say_what_replaced_them():
+    with pytest.warns(FutureWarning, match="TrainConfig.ctr now; pass the same keywords to TrainConfig.from_flags"):
+        old = TrainConfig(preset="tiny", code_length=4, quantizer="ema")
+    assert old == TrainConfig.from_flags(preset="tiny", code_length=4, quantizer="ema")
+    assert (old.ctr.code_length, old.ctr.quantizer, old.codebook_recipe) == (4, "ema", "paper")
