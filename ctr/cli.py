@@ -44,7 +44,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, only: tuple[s
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
         if unset:
-            default, help_text = None, f"{help_text} (default: {unset})"
+            otherwise = f", else {default!r}" if default not in (None, [], "") else ""
+            default, help_text = None, f"{help_text} (default: {unset}{otherwise})"
         elif default not in (None, [], ""):
             help_text += f" (default: {default})"
         if str(f.type).replace(" ", "").replace("|None", "") == "bool":

@@ -9,7 +9,7 @@ from typing import Literal
 from ctr.config.fields import check_choice, opt
 
 
-@dataclass
+@dataclass(kw_only=True)  # keywords only: a subclass's own first field is not shifted
 class MixtureOptions:
     data_dir: str | None = opt(None, "T0 data folder (default: $CTR_DATA_DIR or ../shared/data)")
     train_files: list[str] = opt([], "JSONL task files (task, input, target[, choices]) instead of T0")

@@ -31,7 +31,7 @@ def read_run_config(folder: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig(MixtureOptions):
     """One training run (`ctr train`); its mixture options are those of `MixtureOptions`."""
 
@@ -182,14 +182,19 @@ class TrainConfig(MixtureOptions):
 
     def _take_module_options(self, module: dict[str, Any]) -> None:
         """While the config is built: the CTR module's options given as flags (None: not
-        given) on top of the codebook recipe, as `ctr`."""
+        given) on top of `ctr` when one is given, else of the codebook recipe. Which options
+        were given is kept (not a field) for stage 2, which checks only those."""
         module = {k: v for k, v in module.items() if v is not None}
         if not module:
             return
         if "target_delimiter" in module:  # as typed on a command line: escapes are read
             module["target_delimiter"] = parse_delimiter(module["target_delimiter"])
-        self.codebook_recipe = self.codebook_recipe or PRESET_RECIPES[self.preset]
-        self.ctr = CTRConfig.recipe(self.codebook_recipe, **module)
+        if self.ctr is not None:
+            self.ctr = dataclasses.replace(self.ctr, **module)
+        else:
+            self.codebook_recipe = self.codebook_recipe or PRESET_RECIPES[self.preset]
+            self.ctr = CTRConfig.recipe(self.codebook_recipe, **module)
+        self.given_module_options = frozenset(module)
         self.__post_init__()  # the checks that read the module
 
     def module(self) -> CTRConfig:
@@ -206,6 +211,7 @@ class TrainConfig(MixtureOptions):
         if encoder_lr_scale is None and module.encoder_init == "spread" and self.stage == 1:
             encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
         recipe = self.codebook_recipe or (None if self.ctr else PRESET_RECIPES[self.preset])
+        module = dataclasses.replace(module, use_codes=self.mode.uses_codes)  # a copy, as recorded
         return dataclasses.replace(self, **filled, ctr=module, codebook_recipe=recipe,
                                    encoder_lr_scale=encoder_lr_scale)
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ctr.config import TrainConfig
+from ctr.config import TRAIN_MODULE_OPTIONS, TrainConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 
 STATE_FILE = "trainer_state.json"
@@ -131,7 +131,7 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
 RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
                "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
                "task_cap", "encoder_lr_scale", "max_source_len", "max_target_len", "limit_examples",
-               "no_codes", "joint", "codebook_warmup_steps", "codebook_recipe", "lora", "lora_r",
+               "no_codes", "joint", "codebook_warmup_steps", "lora", "lora_r",
                "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
@@ -140,8 +140,15 @@ def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> N
     (task ids would shift, or the schedule and batches would silently change). `cfg`: the
     run's resolved config, as the checkpoint recorded its own."""
     from ctr.core.model import CONFIG_FILE
-    saved = read_json(checkpoint / STATE_FILE).get("config") or {}
-    saved_module = saved.get("ctr") or {}
+    state = read_json(checkpoint / STATE_FILE)
+    saved = state.get("config") or {}
+    saved_module = saved.get("ctr")
+    if saved_module is None:  # a checkpoint whose config had the module's options at the top
+        saved_module = {k: saved[k] for k in TRAIN_MODULE_OPTIONS if k in saved}
+        budget = state.get("time_budget")  # and the steps --max-minutes decided in place of the asked
+        if budget:
+            saved = dict(saved, steps=budget["requested_steps"],
+                         warmup_steps=budget["requested_warmup_steps"])
     compared = [(k, saved[k], getattr(cfg, k)) for k in RESUME_KEYS if k in saved]
     compared += [(k, saved_module[k], v) for k, v in cfg.module().options().items() if k in saved_module]
     problems = [f"--{k.replace('_', '-')} {now!r} (checkpoint: {old!r})"

@@ -66,9 +66,11 @@ def continues_codes(cfg: TrainConfig) -> bool:
 def adopted_module(cfg: TrainConfig) -> CTRConfig:
     """Stage 2 keeps the CTR module of --init-from as it is (its quantizer, losses and
     gradient path): its options, for resolved_config.json, the checkpoints and --resume.
-    Only the prompt format of a module given here must match."""
+    Only the prompt format must match, where it was given (as a flag, or in a whole `ctr`)."""
     saved = CTRConfig.from_dict(read_json(require_model_dir(cfg.init_from, "--init-from") / CONFIG_FILE))
-    if cfg.ctr is not None and cfg.ctr.target_delimiter != saved.target_delimiter:
+    flags = getattr(cfg, "given_module_options", None)  # None: `ctr` given whole, or nothing
+    given = cfg.ctr is not None and (flags is None or "target_delimiter" in flags)
+    if given and cfg.ctr.target_delimiter != saved.target_delimiter:
         raise ValueError(f"--target-delimiter {cfg.ctr.target_delimiter!r} differs from the "
                          f"{saved.target_delimiter!r} that --init-from {cfg.init_from} was trained "
                          "with: pass the same one")

@@ -133,7 +133,11 @@ def test_presets_fill_the_model_options_and_flags_override_them(preset):
     with pytest.raises(ValueError, match="--codebook-recipe"):
         TrainConfig(codebook_recipe="fancy")
     given = CTRConfig(code_length=4)  # a module given whole is used as it is
-    assert TrainConfig(preset=preset, ctr=given).resolved().ctr is given
+    assert TrainConfig(preset=preset, ctr=given).resolved().ctr == given
+    assert TrainConfig(preset=preset, ctr=given).resolved().ctr is not given  # a copy
+    # flags on top of a module given whole change only their part of it
+    assert TrainConfig.from_flags(ctr=CTRConfig(codebook_size=7), code_length=4).ctr == CTRConfig(
+        codebook_size=7, code_length=4)
 
 
 @pytest.mark.parametrize("n_tasks", [3, 40])

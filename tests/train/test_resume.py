@@ -1,6 +1,7 @@
 """Resume after a kill: a truncated metrics line, checkpoint fallback to the newest complete one."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -126,3 +127,31 @@ def test_latest_checkpoint_falls_back_to_the_newest_complete_one(tiny_paths, run
         resumed = train(cfg_for(tiny_paths, task_file, run, resume=True))
         same_weights(full, resumed)
         assert strip_metrics(full.parent / "metrics.jsonl") == strip_metrics(run / "metrics.jsonl")
+
+
+def test_resume_compares_the_module_and_the_asked_steps_of_either_config_layout(tmp_path):
+    from ctr.config import CTRConfig
+    from ctr.train.checkpoint import STATE_FILE, check_resume
+    ckpt = tmp_path / "checkpoint-0000004"
+    (ckpt / "model").mkdir(parents=True)
+    (ckpt / "model" / "ctr_config.json").write_text(json.dumps({"task_names": ["a", "b"]}))
+    run = TrainConfig.from_flags(preset="tiny", code_length=3, codebook_size=8, steps=40).resolved()
+
+    def state(config, **extra):
+        (ckpt / STATE_FILE).write_text(json.dumps({"config": config, **extra}))
+    state(dataclasses.asdict(run))
+    check_resume(ckpt, run, ["a", "b"])
+    # the same module given whole in Python (no recipe name recorded): the same run
+    same = TrainConfig(preset="tiny", steps=40, ctr=CTRConfig(code_length=3, codebook_size=8)).resolved()
+    check_resume(ckpt, same, ["a", "b"])
+    other = TrainConfig.from_flags(preset="tiny", code_length=3, codebook_size=9, steps=40).resolved()
+    with pytest.raises(ValueError, match="--codebook-size 9 .checkpoint: 8."):
+        check_resume(ckpt, other, ["a", "b"])
+    # a config with the module's options at the top level, whose steps a time budget decided
+    flat = {**{k: v for k, v in dataclasses.asdict(run).items() if k != "ctr"},
+            **run.ctr.options(), "steps": 12, "warmup_steps": 1}
+    state(flat, time_budget={"steps": 12, "warmup_steps": 1, "requested_steps": 40,
+                             "requested_warmup_steps": run.warmup_steps})
+    check_resume(ckpt, run, ["a", "b"])
+    with pytest.raises(ValueError, match="--codebook-size 9 .checkpoint: 8."):
+        check_resume(ckpt, other, ["a", "b"])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ctr.cli import main
 from ctr.config import TrainConfig
 from ctr.core.model import CTRModel
-from ctr.train.trainer import TrainingDiverged, train
+from ctr.train.trainer import TrainingDiverged, plan_run, train
 
 
 def cfg_for(tiny_paths, task_file, out, arch="llama", **kw):
@@ -115,6 +115,15 @@ def test_stage2_trains_backbone_and_saves_it(tiny_paths, task_file, tmp_path):
     with pytest.raises(ValueError, match="target-delimiter"):
         train(cfg_for(tiny_paths, task_file, tmp_path / "s2b", stage=2, init_from=str(s1),
                       target_delimiter=" "))
+    # only a delimiter that was given is compared: another module flag builds a module whose
+    # delimiter is the recipe's, not a request
+    spaced = train(cfg_for(tiny_paths, task_file, tmp_path / "s1_spaced", target_delimiter=" ", steps=1))
+    run = plan_run(cfg_for(tiny_paths, task_file, tmp_path / "s2c", stage=2, init_from=str(spaced),
+                           vq_weight=0.5))
+    assert run.ctr.target_delimiter == " "
+    with pytest.raises(ValueError, match="target-delimiter"):
+        plan_run(cfg_for(tiny_paths, task_file, tmp_path / "s2c", stage=2, init_from=str(spaced),
+                         target_delimiter="\\n"))
     m1, m2 = CTRModel.from_pretrained(s1), CTRModel.from_pretrained(s2)
     changed = [k for k, v in m1.backbone.state_dict().items() if not torch.equal(v, m2.backbone.state_dict()[k])]
     assert changed
