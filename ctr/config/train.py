@@ -89,8 +89,9 @@ class TrainConfig(MixtureOptions):
     mixed_precision: Literal["auto", "no", "bf16"] = opt("auto", "auto: bf16 on GPU, fp32 on CPU")
     codebook_recipe: Literal["paper", "prompt", "stable"] | None = opt(
         None, "how the codebook is built and learns (each CTR module flag below overrides its "
-              "part; in Python, TrainConfig.ctr replaces the recipe): paper = the authors' module; prompt = code values "
-              "start as token embeddings and are the prompt, trained by the LM loss; stable = "
+              "part; in Python, TrainConfig.ctr replaces the recipe): paper = the authors' "
+              "module; prompt = code values start as token embeddings and are the prompt, "
+              "trained by the LM loss; stable = "
               "prompt's start, every task quantised each step, EMA codebook, revival from every "
               "task (default of the presets meant for long runs; see docs)")
     ctr: CTRConfig | None = opt(
@@ -198,7 +199,7 @@ class TrainConfig(MixtureOptions):
         self.__post_init__()  # the checks that read the module
 
     def module(self) -> CTRConfig:
-        """The CTR module's options: --ctr, else --codebook-recipe's (default: the preset's)."""
+        """The CTR module's options: `ctr`, else --codebook-recipe's (default: the preset's)."""
         return self.ctr or CTRConfig.recipe(self.codebook_recipe or PRESET_RECIPES[self.preset])
 
     def resolved(self) -> "TrainConfig":

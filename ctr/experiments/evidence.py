@@ -278,7 +278,7 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                 cfg = read_run_config(d)
                 kind, stage = training_kind(cfg)
                 row = {"model": cfg.get("model"), "stage": stage, "kind": kind,
-                       "no_codes": cfg.get("no_codes"), "steps": cfg.get("steps"),
+                       "no_codes": cfg.get("no_codes"), "steps": steps_run(d, cfg),
                        "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
                        "tasks": cfg.get("tasks") or [], "train_seed": cfg.get("seed"),
                        "finished": (d / "final").is_dir()}
@@ -290,6 +290,12 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                             **codebook_health(metrics),
                             "train_seconds": float(sum(m.get("step_time", 0) for m in metrics))})
     return out
+
+
+def steps_run(run: Path, cfg: dict[str, Any]) -> int | None:
+    """The steps a run took: those --max-minutes decided (time_budget.json), else its config's."""
+    budget = run / "time_budget.json"
+    return load(budget)["steps"] if budget.exists() else cfg.get("steps")
 
 
 def codebook_health(metrics: list[dict[str, Any]]) -> dict[str, Any]:
