@@ -8,7 +8,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from ctr.config.fields import check_choice, from_known_keys, opt, parse_delimiter
 from ctr.config.mixture import MixtureOptions
@@ -129,6 +129,10 @@ class TrainConfig(MixtureOptions):
               "warmup scaled with it) is set so that training and the final save end within M "
               "minutes; the decision is saved in the checkpoints and kept on --resume "
               "(ctr.train.time_budget)")
+
+    # the CTR module options given as flags on top of a recipe or a `ctr` (not a field: what
+    # stage 2 compares with --init-from's module); None: none given that way
+    given_module_options: ClassVar[frozenset[str] | None] = None
 
     def __post_init__(self) -> None:
         """Checks what was given; fills nothing in (see `resolved`)."""

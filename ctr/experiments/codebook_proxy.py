@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
-from ctr.config import TrainConfig
+from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE, TrainConfig
 from ctr.core.code_health import GOALS, HEALTH_FILE
 from ctr.fileio import read_json, read_jsonl, write_json
 from ctr.inference.evaluate import EvalConfig, run_eval
 from ctr.provenance import provenance
+from ctr.train.time_budget import BUDGET_FILE
 from ctr.train.trainer import train
 
 PROXY = dict(stage=1, preset="cpu-small", drop_single_answer=True, max_source_len=32,
@@ -62,7 +63,7 @@ PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 NEAR = dict(suite="near", max_examples=1000, batch_size=64)
 EVAL_TEMPLATES = 2
 ZERO_LABEL = dict(n_inputs=8, max_templates=1, eval_max_templates=EVAL_TEMPLATES)
-KEPT = ("metrics.jsonl", "train_config.json", "resolved_config.json", "code_table.json", HEALTH_FILE, "time_budget.json")
+KEPT = ("metrics.jsonl", TRAIN_CONFIG_FILE, RESOLVED_CONFIG_FILE, "code_table.json", HEALTH_FILE, BUDGET_FILE)
 
 
 def run_dir(runs: Path, recipe: str, seed: int) -> Path:

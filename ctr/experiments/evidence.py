@@ -28,8 +28,9 @@ from ctr.analysis.stats import paired_effect
 from ctr.experiments.evidence_bootstrap import (BINOMIAL, EXAMPLES, LEVEL, PAIRED, interval, median_of,
                                                 run_replicates, template_counts, template_outcomes)
 from ctr.adapt.free_prompts import METHOD as FREE_PROMPTS
-from ctr.config import TRAIN_CONFIG_FILE, read_run_config
+from ctr.config import read_run_config
 from ctr.provenance import provenance
+from ctr.train.time_budget import BUDGET_FILE
 
 COLUMNS = [  # key, title
     ("backbone", "backbone"),
@@ -273,9 +274,9 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
                                key=lambda p: (order.get(p.name, len(order)), p.name)):
             for name in TRAIN_DIRS:
                 d = pair_dir / name
-                if not (d / TRAIN_CONFIG_FILE).exists():
-                    continue
                 cfg = read_run_config(d)
+                if not cfg:
+                    continue
                 kind, stage = training_kind(cfg)
                 row = {"model": cfg.get("model"), "stage": stage, "kind": kind,
                        "no_codes": cfg.get("no_codes"), "steps": steps_run(d, cfg),
@@ -294,7 +295,7 @@ def training_info(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 def steps_run(run: Path, cfg: dict[str, Any]) -> int | None:
     """The steps a run took: those --max-minutes decided (time_budget.json), else its config's."""
-    budget = run / "time_budget.json"
+    budget = run / BUDGET_FILE
     return load(budget)["steps"] if budget.exists() else cfg.get("steps")
 
 

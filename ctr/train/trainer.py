@@ -68,7 +68,7 @@ def adopted_module(cfg: TrainConfig) -> CTRConfig:
     gradient path): its options, for resolved_config.json, the checkpoints and --resume.
     Only the prompt format must match, where it was given (as a flag, or in a whole `ctr`)."""
     saved = CTRConfig.from_dict(read_json(require_model_dir(cfg.init_from, "--init-from") / CONFIG_FILE))
-    flags = getattr(cfg, "given_module_options", None)  # None: `ctr` given whole, or nothing
+    flags = cfg.given_module_options  # None: `ctr` given whole, or nothing
     given = cfg.ctr is not None and (flags is None or "target_delimiter" in flags)
     if given and cfg.ctr.target_delimiter != saved.target_delimiter:
         raise ValueError(f"--target-delimiter {cfg.ctr.target_delimiter!r} differs from the "
