@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # CPU dry run of the GPU call, end to end, in a fresh venv that has only the GPU image's
 # packages: exits 1 when a package the steps need is missing from the carried wheels, or
-# when any step of `gpu_run.sh call` fails (tiny model, a few examples: DRY=1).
-#   bash scripts/gpu_dryrun.sh        (a few minutes here; DRY_DIR=/tmp/ctr_gpu_dryrun)
+# when any step of `gpu_run.sh call` (or the steps given) fails (tiny model, a few examples: DRY=1).
+#   bash scripts/gpu_dryrun.sh [STEP...]   (default `call`; a few minutes here; DRY_DIR=/tmp/ctr_gpu_dryrun)
 # 1. .whl: the wheel set for CPython 3.12 manylinux x86_64 (scripts/gpu_wheels.py), and for its
 #    wheels that are not pure Python the same versions for this interpreter (.whl_here)
 # 2. the set installs for CPython 3.12 as on the GPU machine (pip's tag check, nothing written)
 # 3. a fresh venv that sees only links to this environment's copies of the image's packages
 #    (scripts/gpu_image_view.py): not datasets, gguf, vector-quantize-pytorch, ...
 # 4. the wheels installed as the GPU machine does: --no-index --no-deps --target an empty folder
-# 5. scripts/gpu_check_env.py (every module imports) and `gpu_run.sh call` with DRY=1
+# 5. scripts/gpu_check_env.py (every module imports) and `gpu_run.sh call` (or the steps given) with DRY=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -36,7 +36,7 @@ python3 -c "import sys; assert 'site-packages' not in ' '.join(p for p in sys.pa
 python3 scripts/gpu_check_env.py
 DRY=1 R="$D/runs" OUT="$D/out" LIM_EVIDENCE=${LIM_EVIDENCE:-1800} LIM_THROUGHPUT=${LIM_THROUGHPUT:-1800} \
   LIM_PROFILE=${LIM_PROFILE:-900} LIM_ENV=${LIM_ENV:-600} LIM_PACKCHECK=${LIM_PACKCHECK:-600} \
-  bash scripts/gpu_run.sh call
+  LIM_RELEASE=${LIM_RELEASE:-1800} LIM_RELNEAR=${LIM_RELNEAR:-1800} bash scripts/gpu_run.sh "${@:-call}"
 cat "$D/out/summary.txt"
 files=$(find "$D/out" -type f | wc -l)
 [ "$files" -le 8 ] || { echo "gpu_dryrun: $files files under OUT (at most 8 come back)"; exit 1; }

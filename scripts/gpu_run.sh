@@ -3,9 +3,12 @@
 # packed into $OUT/results.tgz after every step, so a run cut short keeps what it finished;
 # $OUT/summary.txt gets each step's last lines (2 files back in all).
 #   bash scripts/gpu_run.sh STEP...     steps: call env packcheck profile throughput evidence
-#                                        guided release s1 bench zs11 mt near audit nearfs steer
+#                                        guided release relnear s1 bench zs11 mt near audit nearfs steer
 #   call = env packcheck profile throughput evidence: the training call, under 9 minutes on an
 #   H200 (scripts/gpu_setup.sh first; its CPU dry run, tiny values: scripts/gpu_dryrun.sh)
+#   codes = env release relnear throughput profile: the codebook call, stage 1 of the default
+#   codebook recipe on all T0 sample tasks (RELEASE_MIN=4 repeats the first H200 run's 978 steps
+#   at batch 64), its near-suite zero-label beside the backbone, then throughput and profile
 # Environment (GPU defaults; DRY=1 sets the dry run's tiny values):
 #   R        runs folder (default /tmp/runs: it survives between calls on a warm machine)
 #   MODEL    backbone (default smollm2)       STEPS   training steps (400)
@@ -43,7 +46,7 @@ TRAIN="--tasks-per-type $TPT --drop-single-answer --max-source-len $SRC --max-ta
   --steps $STEPS --batch-size $BS --micro-batch-size $BS --preset $PRESET --model $MODEL --log-every 10"
 
 pack() { tar czf "$OUT/results.tgz" -C "$R" --exclude='*.safetensors' --exclude='checkpoint-*' \
-  --exclude='backbone' --exclude='tiny' --exclude='out' . 2>/dev/null; }
+  --exclude='backbone' --exclude='tiny' --exclude='out' --exclude='published' . 2>/dev/null; }
 step() {  # step NAME LIMIT_S FUNCTION
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
@@ -113,7 +116,14 @@ release() {  # the longest stage 1 that fits: all T0 sample tasks but single-ans
   $CTR train --stage 1 --drop-single-answer --max-source-len $SRC --max-target-len $TGT --steps 100000 \
     --batch-size $BS --micro-batch-size $BS --preset $PRESET --model $MODEL --log-every 10 \
     --save-every 200 --max-minutes ${RELEASE_MIN:-8} --output-dir $R/release_run
-  python3 -m ctr.interop.release $R/release_run ${RELEASE:-smollm2-t0-s1} --dest $OUT/checkpoints --force
+  python3 -m ctr.interop.release $R/release_run ${RELEASE:-smollm2-t0-s1} --dest $R/published --force
+  tar czf $OUT/release.tgz -C $R/published .  # one file back, its CTR weights included
+}
+relnear() {  # the near suite: the release's CTR zero-label next to the bare backbone
+  local N="--suite near --max-examples $MAXEX --batch-size $EBS"
+  $CTR zero-label --checkpoint $R/release_run $N --n-inputs $NIN --max-templates 3 \
+    --output-dir $R/release_near/zero_label
+  $CTR eval --model $MODEL $N --output-dir $R/release_near/zero_shot  # not "backbone": pack() leaves out model folders of that name
 }
 zs11() {  # the bare backbone on the 11 held-out T0 tasks, one folder per task
   for t in $T0_TASKS; do
@@ -152,8 +162,15 @@ steer() {  # code analysis and the controllability experiment on the GPU codeboo
 
 export AUDIT_TASKS SHOTS NIN R OUT MODEL STEPS BS EBS MAXEX AUDITEX TPT T0MAX PRESET SRC TGT CTR T0_TASKS TRAIN
 export EV_STEPS EV_TEMPLATES T0LIM TP_ARGS PROF_ARGS DRY
-export -f throughput guided release s1 bench zs11 mt near audit nearfs steer env_check packcheck profile evidence
-steps=(); for s in "$@"; do [ "$s" = call ] && steps+=(env packcheck profile throughput evidence) || steps+=("$s"); done
+export -f throughput guided release relnear s1 bench zs11 mt near audit nearfs steer env_check packcheck profile evidence
+steps=()
+for s in "$@"; do
+  case $s in
+    call) steps+=(env packcheck profile throughput evidence) ;;
+    codes) steps+=(env release relnear throughput profile) ;;
+    *) steps+=("$s") ;;
+  esac
+done
 for s in "${steps[@]}"; do
   case $s in
     env) step env ${LIM_ENV:-60} env_check ;;
@@ -163,6 +180,7 @@ for s in "${steps[@]}"; do
     throughput) step throughput ${LIM_THROUGHPUT:-150} throughput ;;
     guided) step guided ${LIM_GUIDED:-240} guided ;;
     release) step release ${LIM_RELEASE:-720} release ;;
+    relnear) step relnear ${LIM_RELNEAR:-150} relnear ;;
     s1) step s1 ${LIM_S1:-110} s1 ;;
     bench) step bench ${LIM_BENCH:-70} bench ;;
     zs11) step zs11 ${LIM_ZS11:-150} zs11 ;;
