@@ -11,7 +11,7 @@ from ctr.presets import CODEBOOK_RECIPES
 QUANTIZERS = ("plain", "ema")
 CODEBOOK_INITS = ("uniform", "vocab")
 DECODER_INITS = ("random", "identity")
-ENCODER_INITS = ("random", "spread")
+ENCODER_INITS = ("random", "spread", "grouped")
 PLACEMENTS = ("prefix",)
 TASK_INITS = ("random", "description")
 
@@ -35,10 +35,12 @@ class CTRConfig:
     codebook_init: Literal["uniform", "vocab"] = opt(
         "uniform", "uniform: uniform(-s, s) (paper); vocab: K random token embeddings of the "
                    "backbone, so a code value starts as a word-like prompt vector")
-    encoder_init: Literal["random", "spread"] = opt(
+    encoder_init: Literal["random", "spread", "grouped"] = opt(
         "random", "random: N(0, encoder_init_std) (paper); spread: the encoder is solved so that "
                   "each training task starts exactly on a code, values drawn evenly from the "
-                  "codebook (no collapse onto a few values, VQ loss 0 at the start)")
+                  "codebook (no collapse onto a few values, VQ loss 0 at the start); grouped: as "
+                  "spread, but tasks with similar descriptions (dataset, template, task type) "
+                  "start sharing values, each on a code of its own (ctr.core.code_init)")
     decoder_init: Literal["random", "identity"] = opt(
         "random", "random: nn.Linear's default (paper); identity: the decoder starts as the "
                   "identity, so the soft prompt is the codebook vectors (needs code_dim = hidden)")

@@ -73,7 +73,7 @@ class TrainConfig(MixtureOptions):
              "map's output by ~lr x fan-in per step; < 1 keeps codes stable)")
     encoder_lr_scale: float | None = opt(
         None, "lr multiplier for the encoder alone (default: 0.002 in stage 1 with --encoder-init "
-              "spread, which keeps each task on its code while the values learn; else "
+              "spread or grouped, which keeps each task on its code while the values learn; else "
               "--projection-lr-scale)")
     min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
     weight_decay: float = opt(0.1, "AdamW weight decay")
@@ -213,7 +213,7 @@ class TrainConfig(MixtureOptions):
         filled = {k: v for k, v in PRESETS[self.preset][self.stage].items() if getattr(self, k) is None}
         module = self.module()
         encoder_lr_scale = self.encoder_lr_scale
-        if encoder_lr_scale is None and module.encoder_init == "spread" and self.stage == 1:
+        if encoder_lr_scale is None and module.encoder_init in ("spread", "grouped") and self.stage == 1:
             encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
         recipe = self.codebook_recipe or (None if self.ctr else PRESET_RECIPES[self.preset])
         module = dataclasses.replace(module, use_codes=self.mode.uses_codes)  # a copy, as recorded
@@ -242,8 +242,8 @@ class TrainConfig(MixtureOptions):
         self.stage, self.no_codes, self.joint = mode.stage, mode is TrainMode.BASELINE, mode is TrainMode.JOINT
 
 
-# With --encoder-init spread the encoder trains at 0.002 x lr in stage 1, so that a task stays
-# on its code while the code values learn (results/stage1_diagnosis/cpu/).
+# With --encoder-init spread or grouped the encoder trains at 0.002 x lr in stage 1, so that a
+# task stays on its code while the code values learn (results/stage1_diagnosis/cpu/).
 SPREAD_ENCODER_LR_SCALE = 0.002
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
+from ctr.core.code_init import encoder_onto, grouped_codes, spread_codes
 from ctr.core.backbone import load_backbone
 from ctr.core.locate import CONFIG_FILE, require_model_dir
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
@@ -59,7 +60,11 @@ def right_pad_order(mask: torch.Tensor) -> torch.Tensor:
 class CTRModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, config: CTRConfig,
                  tokenizer: PreTrainedTokenizerBase | None = None,
-                 task_vectors: torch.Tensor | None = None):
+                 task_vectors: torch.Tensor | None = None, task_profiles: torch.Tensor | None = None):
+        """`task_vectors` [T, E]: the task embeddings of task_init='description'.
+        `task_profiles` [T, P]: what encoder_init='grouped' clusters the tasks by (the trainer
+        passes their description vectors); without them (a model about to load its weights)
+        the codes start spread."""
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -88,10 +93,10 @@ class CTRModel(nn.Module):
         self.encoder = nn.Parameter(torch.randn(L, E, D) * config.encoder_init_std)
         self.quantizer = CodeQuantizer(config, D)
         self.decoder = nn.Linear(D, hidden, bias=False)
-        self._init_prompt_path(hidden)
+        self._init_prompt_path(hidden, task_profiles)
 
     @torch.no_grad()
-    def _init_prompt_path(self, hidden: int) -> None:
+    def _init_prompt_path(self, hidden: int, task_profiles: torch.Tensor | None = None) -> None:
         """`codebook_init="vocab"`: code values start as K random token embeddings;
         `decoder_init="identity"`: the soft prompt is the codebook vectors themselves. Both
         put the prompt on the scale of the LM's own inputs (SmolLM2: row norm ~3, where the
@@ -106,20 +111,15 @@ class CTRModel(nn.Module):
             self.quantizer.set_codebook(emb[rows.to(emb.device)].float())
         if cfg.decoder_init == "identity":
             self.decoder.weight.copy_(torch.eye(hidden))
-        if cfg.encoder_init == "spread":
-            self.encoder.copy_(self._spread_encoder())
-
-    def _spread_encoder(self) -> torch.Tensor:
-        """Encoder [L, E, D] that maps each task embedding e_t exactly onto codebook[c_t,i]
-        (least squares, exact when num_tasks <= E), for codes c drawn so that every value
-        is used about equally often: z starts on the code, not ~50 units from every value."""
-        cfg = self.config
-        T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
-        values = torch.randperm(K * (T * L // K + 1)) % K  # each value (T * L / K) times
-        codes = values[:T * L].reshape(T, L)
-        book = self.quantizer.centers.detach().float()
-        pinv = torch.linalg.pinv(self.task_embedding.weight.detach().float())  # [E, T]
-        return torch.stack([pinv @ book[codes[:, i].to(book.device)] for i in range(L)])
+        if cfg.encoder_init in ("spread", "grouped"):  # each task starts on a code (ctr.core.code_init)
+            T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
+            if task_profiles is not None and cfg.encoder_init == "grouped":
+                if task_profiles.shape[0] != T:
+                    raise ValueError(f"task_profiles has {task_profiles.shape[0]} rows for {T} tasks")
+                codes = grouped_codes(task_profiles, L, K)
+            else:
+                codes = spread_codes(T, L, K)
+            self.encoder.copy_(encoder_onto(self.task_embedding.weight, self.quantizer.centers, codes))
 
     # ---- codes ---------------------------------------------------------------------
     def encode_tasks(self, task_ids: torch.Tensor) -> torch.Tensor:

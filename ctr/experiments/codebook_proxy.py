@@ -54,6 +54,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "prompt_warmup_kmeans": dict(codebook_recipe="prompt", codebook_warmup_steps=100),
     "prompt_rotation": dict(codebook_recipe="prompt", rotation_trick=True),
     "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
+    # the default, with tasks that look alike (their descriptions) starting on shared values
+    "stable_grouped": dict(codebook_recipe="stable", encoder_init="grouped"),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 # SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the

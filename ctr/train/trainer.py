@@ -108,8 +108,10 @@ def build_model(cfg: TrainConfig, tasks: list[Task]) -> CTRModel:
     backbone, tok = load_backbone(cfg.model)
     ctr_cfg = dataclasses.replace(cfg.module(), task_names=[t.name for t in tasks],
                                   use_codes=cfg.mode.uses_codes, backbone=cfg.model)
-    vectors = description_vectors(backbone, tok, tasks) if ctr_cfg.task_init == "description" else None
-    model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors)
+    described, grouped = ctr_cfg.task_init == "description", ctr_cfg.encoder_init == "grouped"
+    vectors = description_vectors(backbone, tok, tasks) if described or grouped else None
+    model = CTRModel(backbone, ctr_cfg, tok, task_vectors=vectors if described else None,
+                     task_profiles=vectors if grouped else None)
     if cfg.init_from:
         src = CTRModel.from_pretrained(require_model_dir(cfg.init_from, "--init-from"), backbone=backbone, tokenizer=tok)
         model.load_state_dict(src.state_dict())

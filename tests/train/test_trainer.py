@@ -238,3 +238,32 @@ def test_every_run_reports_its_codebook_health(tiny_paths, tmp_path, capsys):
     assert records[-1]["distinct_codes"] == want.distinct_codes
     assert main(["codes", str(out), "--data-dir", str(data)]) == 0
     assert f"{want.type_gap:+.3f}" in capsys.readouterr().out
+
+
+def test_grouped_codes_start_tasks_of_a_type_on_shared_values(tiny_paths, tmp_path):
+    """--encoder-init grouped: tasks described alike (here: the same task type) start on shared
+    values and end training each on a code of its own; spread codes share values by chance."""
+    folder = tmp_path / "data" / "t0_train"
+    folder.mkdir(parents=True)
+    rows = ["file\tdataset\ttemplate\ttask_type\texamples\tempty_targets"]
+    kinds = {"sentiment": ("Review: the {} was good.", ["good", "bad"]),
+             "extractive_qa": ("Context: {} is red. What is red?", ["the {}"])}
+    for kind, (prompt, answers) in kinds.items():
+        for k in range(4):
+            pairs = [(prompt.format(w), answers[i % len(answers)].format(w))
+                     for i, w in enumerate(["cat", "sun", "tree", "rock", "fish", "milk"])]
+            (folder / f"{kind}{k}_tpl.jsonl").write_text(
+                "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
+            rows.append(f"{kind}{k}_tpl.jsonl\t{kind}{k}\ttpl\t{kind}\t6\t0")
+    (tmp_path / "data" / "t0_train_manifest.tsv").write_text("\n".join(rows) + "\n")
+    gaps = {}
+    for init in ("grouped", "spread"):
+        out = tmp_path / init
+        assert main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny",
+                     "--data-dir", str(tmp_path / "data"), "--output-dir", str(out), "--code-length", "4",
+                     "--codebook-size", "8", "--max-source-len", "32", "--steps", "6",
+                     "--codebook-recipe", "stable", "--encoder-init", init]) == 0
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["distinct_codes"] == 8  # one code per task, start to end
+        gaps[init] = (records[0]["type_gap"], records[-1]["type_gap"])
+    assert min(gaps["grouped"]) > 0.3 and max(gaps["spread"]) < min(gaps["grouped"]) - 0.2, gaps
