@@ -15,8 +15,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctr.core.adapter import BackboneAdapter, TargetLogits, adapter_for
-from ctr.core.code_init import encoder_onto, grouped_codes, spread_codes
 from ctr.core.backbone import load_backbone
+from ctr.core.code_init import encoder_onto, grouped_codes, spread_codes
 from ctr.core.locate import CONFIG_FILE, require_model_dir
 from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
@@ -100,7 +100,8 @@ class CTRModel(nn.Module):
         """`codebook_init="vocab"`: code values start as K random token embeddings;
         `decoder_init="identity"`: the soft prompt is the codebook vectors themselves. Both
         put the prompt on the scale of the LM's own inputs (SmolLM2: row norm ~3, where the
-        paper's init gives ~6 to 20 and the LM ignores it)."""
+        paper's init gives ~6 to 20 and the LM ignores it). `encoder_init` "spread"/"grouped":
+        every task starts exactly on a code of `ctr.core.code_init`."""
         cfg = self.config
         if (cfg.codebook_init == "vocab" or cfg.decoder_init == "identity") and cfg.code_dim != hidden:
             raise ValueError(f"codebook_init='vocab' and decoder_init='identity' need code_dim = the "
@@ -111,7 +112,7 @@ class CTRModel(nn.Module):
             self.quantizer.set_codebook(emb[rows.to(emb.device)].float())
         if cfg.decoder_init == "identity":
             self.decoder.weight.copy_(torch.eye(hidden))
-        if cfg.encoder_init in ("spread", "grouped"):  # each task starts on a code (ctr.core.code_init)
+        if cfg.encoder_init in ("spread", "grouped"):
             T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
             if task_profiles is not None and cfg.encoder_init == "grouped":
                 if task_profiles.shape[0] != T:
