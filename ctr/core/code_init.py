@@ -34,10 +34,14 @@ def encoder_onto(task_embeddings: torch.Tensor, book: torch.Tensor, codes: torch
     return torch.stack([pinv @ book[codes[:, i].to(book.device)] for i in range(codes.shape[1])])
 
 
+def even_values(count: int, codebook_size: int) -> torch.Tensor:
+    """`count` values in random order, each value at most once more than count / K times."""
+    return (torch.randperm(codebook_size * (count // codebook_size + 1)) % codebook_size)[:count]
+
+
 def spread_codes(num_tasks: int, code_length: int, codebook_size: int) -> torch.Tensor:
     """[T, L] codes that use every value about equally often (T * L / K times)."""
-    values = torch.randperm(codebook_size * (num_tasks * code_length // codebook_size + 1)) % codebook_size
-    return values[:num_tasks * code_length].reshape(num_tasks, code_length)
+    return even_values(num_tasks * code_length, codebook_size).reshape(num_tasks, code_length)
 
 
 def grouped_codes(profiles: torch.Tensor, code_length: int, codebook_size: int,
@@ -49,7 +53,7 @@ def grouped_codes(profiles: torch.Tensor, code_length: int, codebook_size: int,
     x = profiles.detach().float().cpu()
     x = x - x.mean(0)  # what tells the tasks apart, not what they all share
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    order = torch.randperm(codebook_size * (code_length * groups // codebook_size + 1)) % codebook_size
+    order = even_values(code_length * groups, codebook_size)
     codes = torch.empty(num_tasks, code_length, dtype=torch.long)
     for i in range(code_length):
         view = x @ torch.randn(x.shape[1], PROJECTION_DIM)
