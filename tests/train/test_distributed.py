@@ -86,6 +86,9 @@ def runs(tiny_paths, tmp_path_factory):
            "ema": train(TrainConfig.from_flags(**c("one_ema", micro_batch_size=4, **ema))),
            "all": train(TrainConfig.from_flags(**c("one_all", **every))),
            "warm": train(TrainConfig.from_flags(**c("one_warm", **warm)))}
+    # tasks start on codes grouped by their descriptions (k-means drawn from the seeded RNG)
+    grouped = dict(every, encoder_init="grouped")
+    one["grouped"] = train(TrainConfig.from_flags(**c("one_grouped", **grouped)))
     s2 = dict(stage=2, init_from=str(one["s1"]))
     one["s2"] = train(TrainConfig.from_flags(**c("one_s2", **s2)))
     lora = dict(s2, lora=True, lora_r=4, lora_dropout=0.0)  # stage 2 with LoRA adapters
@@ -101,7 +104,7 @@ def runs(tiny_paths, tmp_path_factory):
            "--codebook-size", "8", "--save-every", "3", "--dead-code-threshold", str(REVIVAL),
            "--output-dir", str(root / "two_s1")]
     spec = [{"argv": cli}, {"cfg": c("two_ema", **ema)}, {"cfg": c("two_all", **every)},
-            {"cfg": c("two_warm", **warm)}, {"cfg": c("two_s2", **s2)},
+            {"cfg": c("two_warm", **warm)}, {"cfg": c("two_grouped", **grouped)}, {"cfg": c("two_s2", **s2)},
             {"cfg": c("two_lora", **lora)}, {"cfg": c("two_tok", **tok)},
             {"cfg": c("two_budget", max_minutes=5.0, steps=10)},  # --max-minutes: one decision
             {"cfg": c("two_cut", **s1), "stop_after": 4},  # killed after step 4
@@ -156,7 +159,7 @@ def test_the_token_budget_case_has_processes_planning_different_pass_counts(runs
     assert any(a != b for a, b in plans), plans
 
 
-@pytest.mark.parametrize("name", ["s1", "ema", "all", "warm", "s2", "lora", "tok"])
+@pytest.mark.parametrize("name", ["s1", "ema", "all", "warm", "grouped", "s2", "lora", "tok"])
 def test_two_processes_train_the_one_process_model(runs, name):
     root, one = runs
     two = root / f"two_{name}"
@@ -174,7 +177,7 @@ def test_two_processes_train_the_one_process_model(runs, name):
         for key in ("loss", "lm_loss", "vq_loss", "grad_norm"):
             assert y[key] == pytest.approx(x[key], abs=1e-4, rel=1e-5), (x["step"], key)
         assert y["code_perplexity"] == x["code_perplexity"]
-    if name in ("s1", "all", "warm"):  # revival alike on every process
+    if name in ("s1", "all", "warm", "grouped"):  # revival alike on every process
         assert [r["revived_codes"] for r in rb] == [r["revived_codes"] for r in ra]
         # k-means leaves every value of the small warm-started codebook in use
         assert sum(r["revived_codes"] for r in rb) > 0 or name == "warm"
