@@ -73,8 +73,13 @@ class TrainConfig(MixtureOptions):
              "map's output by ~lr x fan-in per step; < 1 keeps codes stable)")
     encoder_lr_scale: float | None = opt(
         None, "lr multiplier for the encoder alone (default: 0.002 in stage 1 with --encoder-init "
-              "spread or grouped, which keeps each task on its code while the values learn; else "
+              "spread or grouped, which keeps the encoder's map steady while the values learn; the "
+              "task embeddings train at --task-embedding-lr-scale; else "
               "--projection-lr-scale)")
+    task_embedding_lr_scale: float = opt(
+        1.0, "lr multiplier for the task embeddings, the encoder's input (< 1 holds each task "
+             "near the code it starts on: with --encoder-init grouped, on the values its "
+             "description shared with tasks like it)")
     min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of the peak lr")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -156,6 +161,8 @@ class TrainConfig(MixtureOptions):
             raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        if not self.task_embedding_lr_scale >= 0:
+            raise ValueError(f"--task-embedding-lr-scale must be >= 0, got {self.task_embedding_lr_scale}")
         if self.mode is TrainMode.JOINT and self.init_from:
             raise ValueError("--mode joint (--joint) trains fresh codes and the backbone together: "
                              "drop --init-from (or use --mode finetune to continue a stage-1 model)")
@@ -242,8 +249,9 @@ class TrainConfig(MixtureOptions):
         self.stage, self.no_codes, self.joint = mode.stage, mode is TrainMode.BASELINE, mode is TrainMode.JOINT
 
 
-# With --encoder-init spread or grouped the encoder trains at 0.002 x lr in stage 1, so that a
-# task stays on its code while the code values learn (results/stage1_diagnosis/cpu/).
+# With --encoder-init spread or grouped the encoder trains at 0.002 x lr in stage 1, so that its
+# map stays steady while the code values learn (results/stage1_diagnosis/cpu/); a task still
+# moves between codes as its embedding learns (--task-embedding-lr-scale holds it).
 SPREAD_ENCODER_LR_SCALE = 0.002
 
 

@@ -56,9 +56,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
     # the default, with tasks that look alike (their descriptions) starting on shared values
     "stable_grouped": dict(codebook_recipe="stable", encoder_init="grouped"),
-    # the grouped start with the encoder at a tenth of its stage-1 lr scale, so that tasks
-    # leave their shared values ten times more slowly
-    "stable_grouped_slow": dict(codebook_recipe="stable", encoder_init="grouped", encoder_lr_scale=0.0002),
+    # the grouped start with the task embeddings (the encoder's input) at 1% of the lr, so
+    # that tasks stay near the values their descriptions shared
+    "stable_grouped_held": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.01),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 # SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the

@@ -125,6 +125,9 @@ def make_optimizer(model: CTRModel, cfg: TrainConfig, device: torch.device | Non
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     scales = {"encoder": cfg.projection_lr_scale if cfg.encoder_lr_scale is None else cfg.encoder_lr_scale,
               "decoder.weight": cfg.projection_lr_scale}
+    if cfg.task_embedding_lr_scale != 1.0:  # a group of its own only when it differs, so that the
+        # optimizer state of a run without it keeps its layout (resume)
+        scales["task_embedding.weight"] = cfg.task_embedding_lr_scale
     groups = [{"params": [p for n, p in named if p.dim() >= 2 and n not in scales],
                "weight_decay": cfg.weight_decay},
               *({"params": [p for n, p in named if n == name], "weight_decay": cfg.weight_decay,

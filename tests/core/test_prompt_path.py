@@ -173,6 +173,24 @@ def test_encoder_lr_scale_sets_the_encoder_group_alone():
     assert lrs[id(model.encoder)] == lrs[id(model.decoder.weight)] == paper.lr
 
 
+def test_task_embedding_lr_scale_sets_the_task_embeddings_alone():
+    from ctr.train.trainer import make_optimizer
+    model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
+    model.freeze_backbone()
+    base = TrainConfig(preset="cpu-small").resolved()
+    held = TrainConfig.from_flags(preset="cpu-small", task_embedding_lr_scale=0.01).resolved()
+    groups = {name: make_optimizer(model, cfg).param_groups for name, cfg in (("base", base), ("held", held))}
+    lrs = {name: {id(p): g["lr"] for g in gs for p in g["params"]} for name, gs in groups.items()}
+    assert lrs["held"][id(model.task_embedding.weight)] == pytest.approx(base.lr * 0.01)
+    assert lrs["base"][id(model.task_embedding.weight)] == base.lr
+    rest = [id(p) for n, p in model.named_parameters() if p.requires_grad and n != "task_embedding.weight"]
+    assert [lrs["held"][i] for i in rest] == [lrs["base"][i] for i in rest]
+    # the default adds no group, so the optimizer state of earlier runs keeps its layout
+    assert len(groups["held"]) == len(groups["base"]) + 1
+    with pytest.raises(ValueError, match="--task-embedding-lr-scale"):
+        TrainConfig.from_flags(preset="cpu-small", task_embedding_lr_scale=-1.0)
+
+
 def test_ema_takes_the_prompt_recipe_without_the_codebook_gradient():
     prompt = dict(preset="cpu-small", codebook_recipe="prompt")
     assert TrainConfig.from_flags(**prompt, quantizer="ema").resolved().ctr.codebook_lm_grad is False
