@@ -240,9 +240,8 @@ def test_every_run_reports_its_codebook_health(tiny_paths, tmp_path, capsys):
     assert f"{want.type_gap:+.3f}" in capsys.readouterr().out
 
 
-def test_grouped_codes_start_tasks_of_a_type_on_shared_values(tiny_paths, tmp_path):
-    """--encoder-init grouped: tasks described alike (here: the same task type) start on shared
-    values and end training each on a code of its own; spread codes share values by chance."""
+def write_typed_tasks(tmp_path: Path) -> Path:
+    """Eight tasks of two types (four sentiment, four extractive QA), with a manifest."""
     folder = tmp_path / "data" / "t0_train"
     folder.mkdir(parents=True)
     rows = ["file\tdataset\ttemplate\ttask_type\texamples\tempty_targets"]
@@ -256,14 +255,43 @@ def test_grouped_codes_start_tasks_of_a_type_on_shared_values(tiny_paths, tmp_pa
                 "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
             rows.append(f"{kind}{k}_tpl.jsonl\t{kind}{k}\ttpl\t{kind}\t6\t0")
     (tmp_path / "data" / "t0_train_manifest.tsv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "data"
+
+
+def train_typed(tiny_paths, data: Path, out: Path, *flags: str) -> list[dict]:
+    """A tiny stable stage 1 on the typed tasks; returns its metrics records."""
+    assert main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny",
+                 "--data-dir", str(data), "--output-dir", str(out), "--code-length", "4",
+                 "--codebook-size", "8", "--max-source-len", "32", "--codebook-recipe", "stable",
+                 *flags]) == 0
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grouped_codes_start_tasks_of_a_type_on_shared_values(tiny_paths, tmp_path):
+    """--encoder-init grouped: tasks described alike (here: the same task type) start on shared
+    values and end training each on a code of its own; spread codes share values by chance."""
+    data = write_typed_tasks(tmp_path)
     gaps = {}
     for init in ("grouped", "spread"):
-        out = tmp_path / init
-        assert main(["train", "--model", str(tiny_paths["llama"]), "--preset", "tiny",
-                     "--data-dir", str(tmp_path / "data"), "--output-dir", str(out), "--code-length", "4",
-                     "--codebook-size", "8", "--max-source-len", "32", "--steps", "6",
-                     "--codebook-recipe", "stable", "--encoder-init", init]) == 0
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        records = train_typed(tiny_paths, data, tmp_path / init, "--steps", "6", "--encoder-init", init)
         assert records[-1]["distinct_codes"] == 8  # one code per task, start to end
         gaps[init] = (records[0]["type_gap"], records[-1]["type_gap"])
     assert min(gaps["grouped"]) > 0.3 and max(gaps["spread"]) < min(gaps["grouped"]) - 0.2, gaps
+
+
+def test_task_embedding_lr_scale_zero_keeps_the_task_embeddings_bit_identical(tiny_paths, tmp_path):
+    """--task-embedding-lr-scale 0 (the proxy's held grouped start uses 0.01): the task
+    embeddings, which move tasks between codes, stay bit-identical over training while the
+    encoder and the value offsets still learn; at the default scale they move."""
+    data = write_typed_tasks(tmp_path)
+    weights = {}
+    for scale in ("1", "0"):
+        for steps in ("1", "4"):
+            out = tmp_path / f"scale{scale}_steps{steps}"
+            train_typed(tiny_paths, data, out, "--steps", steps, "--encoder-init", "grouped", "--lr", "0.3",
+                        "--task-embedding-lr-scale", scale)
+            weights[scale, steps] = load_file(str(out / "final" / "ctr_weights.safetensors"))
+    changed = lambda scale, name: not torch.equal(weights[scale, "1"][name], weights[scale, "4"][name])
+    assert not changed("0", "task_embedding.weight")
+    assert changed("1", "task_embedding.weight")
+    assert changed("0", "encoder") and changed("0", "quantizer.offsets")
