@@ -131,8 +131,8 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
 RESUME_KEYS = ("stage", "steps", "batch_size", "lr", "warmup_steps", "projection_lr_scale",
                "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "seed", "mixing",
                "task_cap", "encoder_lr_scale", "task_embedding_lr_scale", "max_source_len",
-               "max_target_len", "limit_examples", "no_codes", "joint", "codebook_warmup_steps", "lora", "lora_r",
-               "lora_alpha", "lora_dropout", "lora_target_modules")
+               "max_target_len", "limit_examples", "no_codes", "joint", "codebook_warmup_steps",
+               "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 def check_resume(checkpoint: Path, cfg: TrainConfig, task_names: list[str]) -> None:
