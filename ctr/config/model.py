@@ -12,6 +12,8 @@ QUANTIZERS = ("plain", "ema")
 CODEBOOK_INITS = ("uniform", "vocab")
 DECODER_INITS = ("random", "identity")
 ENCODER_INITS = ("random", "spread", "grouped")
+# the encoder inits that solve the encoder so that every task starts exactly on a code
+CODE_PLACING_INITS = ("spread", "grouped")
 PLACEMENTS = ("prefix",)
 TASK_INITS = ("random", "description")
 

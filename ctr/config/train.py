@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 from ctr.config.fields import check_choice, from_known_keys, opt, parse_delimiter
 from ctr.config.mixture import MixtureOptions
-from ctr.config.model import TRAIN_MODULE_OPTIONS, CTRConfig
+from ctr.config.model import CODE_PLACING_INITS, TRAIN_MODULE_OPTIONS, CTRConfig
 from ctr.modes import TrainMode
 from ctr.presets import CODEBOOK_RECIPES, PRESET_RECIPES, PRESETS
 
@@ -220,7 +220,7 @@ class TrainConfig(MixtureOptions):
         filled = {k: v for k, v in PRESETS[self.preset][self.stage].items() if getattr(self, k) is None}
         module = self.module()
         encoder_lr_scale = self.encoder_lr_scale
-        if encoder_lr_scale is None and module.encoder_init in ("spread", "grouped") and self.stage == 1:
+        if encoder_lr_scale is None and module.encoder_init in CODE_PLACING_INITS and self.stage == 1:
             encoder_lr_scale = SPREAD_ENCODER_LR_SCALE
         recipe = self.codebook_recipe or (None if self.ctr else PRESET_RECIPES[self.preset])
         module = dataclasses.replace(module, use_codes=self.mode.uses_codes)  # a copy, as recorded

@@ -23,6 +23,7 @@ from ctr.core.model_card import CardInfo, write_model_card
 from ctr.core.outputs import CTROutput, target_output
 from ctr.core.packing import PackedRows
 from ctr.config import CTRConfig
+from ctr.config.model import CODE_PLACING_INITS
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer, seeded
 
@@ -112,7 +113,7 @@ class CTRModel(nn.Module):
             self.quantizer.set_codebook(emb[rows.to(emb.device)].float())
         if cfg.decoder_init == "identity":
             self.decoder.weight.copy_(torch.eye(hidden))
-        if cfg.encoder_init in ("spread", "grouped"):
+        if cfg.encoder_init in CODE_PLACING_INITS:
             T, L, K = cfg.num_tasks, cfg.code_length, cfg.codebook_size
             if task_profiles is not None and cfg.encoder_init == "grouped":
                 if task_profiles.shape[0] != T:
