@@ -10,10 +10,10 @@ and a run writes both (train_config.json, resolved_config.json).
 """
 from ctr.config.fields import check_choice, from_known_keys, opt, parse_delimiter
 from ctr.config.mixture import MixtureOptions
-from ctr.config.model import TRAIN_MODULE_OPTIONS, CTRConfig
+from ctr.config.model import CODE_PLACING_INITS, TRAIN_MODULE_OPTIONS, CTRConfig
 from ctr.config.train import (RESOLVED_CONFIG_FILE, SPREAD_ENCODER_LR_SCALE, TRAIN_CONFIG_FILE,
                               TrainConfig, read_run_config)
 
-__all__ = ["CTRConfig", "MixtureOptions", "RESOLVED_CONFIG_FILE", "SPREAD_ENCODER_LR_SCALE",
+__all__ = ["CODE_PLACING_INITS", "CTRConfig", "MixtureOptions", "RESOLVED_CONFIG_FILE", "SPREAD_ENCODER_LR_SCALE",
            "TRAIN_CONFIG_FILE", "TRAIN_MODULE_OPTIONS", "TrainConfig", "check_choice",
            "from_known_keys", "opt", "parse_delimiter", "read_run_config"]

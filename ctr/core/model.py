@@ -22,8 +22,7 @@ from ctr.core.lora import LORA_DIR, has_lora, load_lora, save_lora
 from ctr.core.model_card import CardInfo, write_model_card
 from ctr.core.outputs import CTROutput, target_output
 from ctr.core.packing import PackedRows
-from ctr.config import CTRConfig
-from ctr.config.model import CODE_PLACING_INITS
+from ctr.config import CODE_PLACING_INITS, CTRConfig
 from ctr.fileio import atomic_dir, read_json, write_json
 from ctr.core.quantizer import CodeQuantizer, seeded
 
