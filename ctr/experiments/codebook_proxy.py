@@ -59,6 +59,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the grouped start with the task embeddings (the encoder's input) at 1% of the lr, so
     # that tasks stay near the values their descriptions shared
     "stable_grouped_held": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.01),
+    # between the two: the task embeddings at 10% of the lr, so that tasks can still move
+    # away from their grouped start, ten times slower
+    "stable_grouped_slow": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.1),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 # SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the
