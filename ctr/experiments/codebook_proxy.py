@@ -10,7 +10,8 @@ cosine to 0.1x), every step logged. On one H200, 978 steps of 64 rows with the p
 recipe took the mean code perplexity from 99.8 to 3.3 and put one value on 55% of the
 table; this proxy takes the same recipe through the same fall (the README of the results
 folder has both trajectories). Each recipe is a set of `ctr train` options (`RECIPES`),
-trained per seed into RUNS/RECIPE/seedS (a finished run is kept, not retrained).
+trained per seed into RUNS/RECIPE/seedS (a finished run is kept, not retrained; a cut one
+continues from its last checkpoint).
 
 The table, per recipe (mean over seeds, each seed beside it): the health trajectory
 (`ctr.core.code_health` figures at every PROBE_STEPS step), the final health against its
@@ -79,10 +80,11 @@ def run_dir(runs: Path, recipe: str, seed: int) -> Path:
 
 
 def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -> Path:
-    """Train one proxy run (kept if its final/ exists); returns the run folder."""
+    """Train one proxy run (kept if its final/ exists, continued from its last checkpoint
+    if it was cut); returns the run folder."""
     out = run_dir(runs, recipe, seed)
     if not (out / "final").exists():
-        train(TrainConfig.from_flags(output_dir=str(out), seed=seed, data_dir=data_dir,
+        train(TrainConfig.from_flags(output_dir=str(out), seed=seed, data_dir=data_dir, resume=True,
                                      **{**PROXY, **RECIPES[recipe]}), stop_after=None)
     return out
 

@@ -104,6 +104,18 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
+def check_fresh_start(output_dir: Path) -> None:
+    """A run started without --resume must not write over an earlier run's checkpoints or
+    final model in the same folder (its metrics.jsonl would be truncated, its checkpoints
+    pruned, its final/ replaced)."""
+    earlier = sorted(p.name for p in Path(output_dir).glob("checkpoint-*") if _CKPT.match(p.name))
+    earlier += ["final"] if (Path(output_dir) / "final").is_dir() else []
+    if earlier:
+        raise ValueError(f"--output-dir {output_dir} holds an earlier run ({', '.join(earlier[-2:])}): "
+                         "pass --resume to continue it, or give another --output-dir (or delete "
+                         "the folder) to start over")
+
+
 def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
     """Restore optimizer and scheduler in place (the model is rebuilt from `path/model`
     with CTRModel.from_pretrained); returns the trainer state."""

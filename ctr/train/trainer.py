@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from ctr.core.backbone import load_backbone
 from ctr.train.batching import MixtureSampler, encode_tasks
 from ctr.train.dataset_cache import InMemoryRows, open_training_data
-from ctr.train.checkpoint import (check_resume, latest_checkpoint, load_training_state, prune_checkpoints,
-                                  save_checkpoint)
+from ctr.train.checkpoint import (check_fresh_start, check_resume, latest_checkpoint, load_training_state,
+                                  prune_checkpoints, save_checkpoint)
 from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE, CTRConfig, TrainConfig
 from ctr.modes import TrainMode
 from ctr.tasks.mixture import UNKNOWN_TYPE, Task, load_tasks
@@ -172,6 +172,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     tasks = data.tasks if data is not None else (
         tasks if tasks is not None else load_tasks(run, verbose=acc.is_main_process))
 
+    if not run.resume and acc.is_main_process:
+        check_fresh_start(out)
     resume_from = latest_checkpoint(out) if run.resume else None
     if run.resume and resume_from is None and acc.is_main_process:
         print(f"[ctr] --resume: no checkpoint in {out}, starting fresh")

@@ -85,6 +85,20 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_metrics_over(tiny_p
     assert strip_metrics(full.parent / "metrics.jsonl") == strip_metrics(cut / "metrics.jsonl")
 
 
+@pytest.mark.parametrize("earlier", ["checkpoints", "final"])
+def test_a_fresh_start_over_an_earlier_run_is_refused_and_loses_nothing(tiny_paths, runs, tmp_path,
+                                                                       earlier):
+    """Without --resume, a folder that holds a cut run's checkpoints (or a finished run's
+    final/) is an error naming the folder and --resume; its files stay byte for byte."""
+    task_file, full, _ = runs
+    folder = killed_copy(runs, tmp_path / "cut") if earlier == "checkpoints" else \
+        shutil.copytree(full.parent, tmp_path / "done")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=rf"--output-dir {folder} holds an earlier run .*--resume"):
+        train(cfg_for(tiny_paths, task_file, folder))
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_a_corrupt_middle_metrics_line_stops_the_resume(tmp_path):
     from ctr.train.trainer import _truncate_metrics
     p = tmp_path / "metrics.jsonl"
