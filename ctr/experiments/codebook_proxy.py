@@ -63,6 +63,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # between the two: the task embeddings at 10% of the lr, so that tasks can still move
     # away from their grouped start, ten times slower
     "stable_grouped_slow": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.1),
+    # a harder proxy, toward the depth of the GPU run's collapse: the lr doubled and held flat
+    # (under the cosine schedule the collapse stops once the lr has decayed below ~0.4x)
+    "prompt_lr2x_flat": dict(codebook_recipe="prompt", lr=2e-2, min_lr_ratio=1.0),
+    "stable_lr2x_flat": dict(codebook_recipe="stable", lr=2e-2, min_lr_ratio=1.0),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 # SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the
