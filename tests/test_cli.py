@@ -32,8 +32,9 @@ def test_print_config_shows_the_resolved_values_and_trains_nothing(tmp_path, cap
     assert main(["train", "--preset", "cpu-small", "--output-dir", str(out), "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     # None fields filled from the preset and its codebook recipe, a flag given on the line kept
-    assert cfg["codebook_recipe"] == "stable" and cfg["steps"] == PRESETS["cpu-small"][1]["steps"]
-    assert {k: cfg["ctr"][k] for k in CODEBOOK_RECIPES["stable"]} == CODEBOOK_RECIPES["stable"]
+    assert cfg["codebook_recipe"] == "grouped" and cfg["steps"] == PRESETS["cpu-small"][1]["steps"]
+    assert {k: cfg["ctr"][k] for k in CODEBOOK_RECIPES["grouped"]} == CODEBOOK_RECIPES["grouped"]
+    assert cfg["task_embedding_lr_scale"] == 0.1
     assert main(["train", "--codebook-recipe", "paper", "--quantizer", "ema", "--output-dir", str(out),
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)

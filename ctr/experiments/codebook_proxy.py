@@ -56,7 +56,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "prompt_rotation": dict(codebook_recipe="prompt", rotation_trick=True),
     "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
     # the default, with tasks that look alike (their descriptions) starting on shared values
-    "stable_grouped": dict(codebook_recipe="stable", encoder_init="grouped"),
+    "stable_grouped": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=1.0),
     # the grouped start with the task embeddings (the encoder's input) at 1% of the lr, so
     # that tasks stay near the values their descriptions shared
     "stable_grouped_held": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.01),

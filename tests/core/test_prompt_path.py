@@ -163,7 +163,7 @@ def test_encoder_lr_scale_sets_the_encoder_group_alone():
     from ctr.train.trainer import make_optimizer
     model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
     model.freeze_backbone()
-    cfg = TrainConfig(preset="cpu-small").resolved()
+    cfg = TrainConfig(preset="cpu-small", codebook_recipe="stable").resolved()
     lrs = {id(p): g["lr"] for g in make_optimizer(model, cfg).param_groups for p in g["params"]}
     assert lrs[id(model.encoder)] == pytest.approx(cfg.lr * 0.002)  # with --encoder-init spread
     assert lrs[id(model.decoder.weight)] == pytest.approx(cfg.lr * 0.01)
@@ -177,8 +177,8 @@ def test_task_embedding_lr_scale_sets_the_task_embeddings_alone():
     from ctr.train.trainer import make_optimizer
     model = make(codebook_init="vocab", decoder_init="identity", encoder_init="spread")
     model.freeze_backbone()
-    base = TrainConfig(preset="cpu-small").resolved()
-    held = TrainConfig.from_flags(preset="cpu-small", task_embedding_lr_scale=0.01).resolved()
+    base = TrainConfig(preset="cpu-small", codebook_recipe="stable").resolved()
+    held = TrainConfig.from_flags(preset="cpu-small", codebook_recipe="stable", task_embedding_lr_scale=0.01).resolved()
     groups = {name: make_optimizer(model, cfg).param_groups for name, cfg in (("base", base), ("held", held))}
     lrs = {name: {id(p): g["lr"] for g in gs for p in g["params"]} for name, gs in groups.items()}
     assert lrs["held"][id(model.task_embedding.weight)] == pytest.approx(base.lr * 0.01)
@@ -201,6 +201,21 @@ def test_ema_takes_the_prompt_recipe_without_the_codebook_gradient():
     assert spread.encoder_lr_scale is None and spread.resolved().encoder_lr_scale == 0.002
     assert TrainConfig.from_flags(preset="cpu-small", encoder_init="random").resolved().encoder_lr_scale is None
     assert TrainConfig(preset="cpu-small", stage=2).resolved().encoder_lr_scale is None
+
+
+def test_the_grouped_start_holds_its_task_embeddings_in_stage_1_unless_told_otherwise():
+    """The default of the long-run presets: grouped codes, the task embeddings at 0.1 x lr
+    in stage 1; 1 wherever tasks do not start on grouped codes, and a flag wins."""
+    from ctr.config.train import GROUPED_TASK_EMBEDDING_LR_SCALE
+    for preset in ("cpu-small", "paper"):
+        run = TrainConfig(preset=preset).resolved()
+        assert (run.codebook_recipe, run.ctr.encoder_init) == ("grouped", "grouped")
+        assert run.task_embedding_lr_scale == GROUPED_TASK_EMBEDDING_LR_SCALE < 1
+    assert TrainConfig(preset="cpu-small", stage=2).resolved().task_embedding_lr_scale == 1.0
+    for other in ("stable", "prompt", "paper"):
+        assert TrainConfig(preset="cpu-small", codebook_recipe=other).resolved().task_embedding_lr_scale == 1.0
+    assert TrainConfig.from_flags(preset="cpu-small", encoder_init="spread").resolved().task_embedding_lr_scale == 1.0
+    assert TrainConfig(preset="cpu-small", task_embedding_lr_scale=1.0).resolved().task_embedding_lr_scale == 1.0
 
 
 def test_module_options_as_trainconfig_keywords_still_work_and_say_what_replaced_them():
