@@ -67,6 +67,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # (under the cosine schedule the collapse stops once the lr has decayed below ~0.4x)
     "prompt_lr2x_flat": dict(codebook_recipe="prompt", lr=2e-2, min_lr_ratio=1.0),
     "stable_lr2x_flat": dict(codebook_recipe="stable", lr=2e-2, min_lr_ratio=1.0),
+    "stable_grouped_slow_lr2x_flat": dict(codebook_recipe="stable", encoder_init="grouped",
+                                          task_embedding_lr_scale=0.1, lr=2e-2, min_lr_ratio=1.0),
 }
 PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 # SST-2 validation whole (872), TREC and AG News at most 1000 examples; the backbone and the
