@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     tasks = data.tasks if data is not None else (
         tasks if tasks is not None else load_tasks(run, verbose=acc.is_main_process))
 
-    if not run.resume and acc.is_main_process:
+    if not run.resume:  # on every process, so that none goes on alone
         check_fresh_start(out)
     resume_from = latest_checkpoint(out) if run.resume else None
     if run.resume and resume_from is None and acc.is_main_process:
