@@ -14,6 +14,6 @@ from ctr.config.model import CODE_PLACING_INITS, TRAIN_MODULE_OPTIONS, CTRConfig
 from ctr.config.train import (RESOLVED_CONFIG_FILE, SPREAD_ENCODER_LR_SCALE, TRAIN_CONFIG_FILE,
                               TrainConfig, read_run_config)
 
-__all__ = ["CODE_PLACING_INITS", "CTRConfig", "MixtureOptions", "RESOLVED_CONFIG_FILE", "SPREAD_ENCODER_LR_SCALE",
-           "TRAIN_CONFIG_FILE", "TRAIN_MODULE_OPTIONS", "TrainConfig", "check_choice",
+__all__ = ["CODE_PLACING_INITS", "CTRConfig", "MixtureOptions", "RESOLVED_CONFIG_FILE",
+           "SPREAD_ENCODER_LR_SCALE", "TRAIN_CONFIG_FILE", "TRAIN_MODULE_OPTIONS", "TrainConfig", "check_choice",
            "from_known_keys", "opt", "parse_delimiter", "read_run_config"]

@@ -4,8 +4,11 @@ Two variants:
 - ``plain`` (the paper): a learned codebook; loss ``||sg(z)-q||^2 + beta ||z-sg(q)||^2``.
   Written here because vector-quantize-pytorch's learnable-codebook mode puts one weight
   on a symmetric ``||z-q||^2`` and cannot express the paper's asymmetric loss.
-- ``ema``: vector-quantize-pytorch's ``VectorQuantize`` with EMA codebook updates,
-  k-means init and dead-code revival (its buffers are updated in place).
+- ``ema``: vector-quantize-pytorch's ``VectorQuantize`` with EMA codebook updates and
+  k-means init (its buffers are updated in place).
+
+Dead-code revival (both variants) puts a value no task uses on an encoding drawn by
+k-means++ seeding (`revival_picks`), never on one that already sits on a value.
 
 Both take encodings ``z`` of shape [batch, L, D] and return the quantized vectors (forward:
 the codebook vectors; gradient to ``z`` straight through, or by the rotation trick), the
@@ -255,9 +258,17 @@ class CodeQuantizer(nn.Module):
             cb.track_cluster_size_and_embed_avg(z[None], onehot[None])
             cb.update_ema()
             if self.dead_code_threshold > 0:
-                dead = cb.cluster_size[0] < self.dead_code_threshold
-                self.revived = int(dead.sum())
-                cb.expire_codes_(z[None])
+                # vector-quantize-pytorch's `expire_codes_` draws the new vectors uniformly, and
+                # would put a value on an encoding that already sits on one (see `revival_picks`)
+                dead = (cb.cluster_size[0] < self.dead_code_threshold).nonzero().flatten()
+                live = torch.ones(self.codebook_size, dtype=torch.bool, device=z.device)
+                live[dead] = False
+                pick = revival_picks(z, cb.embed[0][live], len(dead))
+                dead = dead[:len(pick)]
+                self.revived = len(dead)
+                cb.embed.data[0, dead] = z[pick]
+                cb.embed_avg.data[0, dead] = z[pick] * cb.reset_cluster_size
+                cb.cluster_size.data[0, dead] = cb.reset_cluster_size
                 if self.offsets is not None:  # a revived value starts its offset anew
                     self.offsets.data[dead] = 0.0
 
@@ -293,13 +304,58 @@ class CodeQuantizer(nn.Module):
         # trainer groups rows by length): by content, so a pick names the same encoding
         key = flat.double() @ torch.linspace(1, 2, flat.shape[1], dtype=torch.float64, device=flat.device)
         flat = flat[torch.argsort(key, stable=True)]
+        live = torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device)
+        live[dead] = False
         with seeded(seed, flat.device):
-            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
-        if world > 1:
-            dist.broadcast(pick, src=0)
+            pick = revival_picks(flat, self.codebook.detach()[live], len(dead))
+        if world > 1:  # rank 0's picks (the distances may differ in the last bit)
+            pick = _broadcast_rows(pick)
+        dead = dead[:len(pick)]
         self.codebook.data[dead] = flat[pick].to(self.codebook.dtype)
         self.usage[dead] = 1.0
         self.revived = len(dead)
+
+
+# An encoding nearer than this to a value in use (relative to the encodings' RMS norm) is
+# served by it: reviving a value on it would make a second copy of that value
+SERVED_DISTANCE = 1e-3
+
+
+@torch.no_grad()
+def revival_picks(flat: torch.Tensor, live: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of the encodings `flat` [N, D] for up to `n` dead values, by k-means++ seeding
+    given the values in use `live` [M, D]: each pick is drawn (global RNG) with probability
+    proportional to its squared distance from the nearest value in use or picked before it.
+
+    Hand-written because vector-quantize-pytorch's revival draws uniformly: a value revived
+    on an encoding that already sits on a value (every task of a grouped start, a task
+    alone on its value) is a second copy of it, and which copy the task then picks is
+    decided by float rounding, differently in one process and in several. Encodings
+    within `SERVED_DISTANCE` of a value are never drawn; when fewer than `n` are left,
+    fewer values are revived (the others stay dead until an encoding leaves its value)."""
+    with no_autocast(flat.device):
+        x = flat.detach().double()
+        d2 = torch.cdist(x, live.double()).pow(2).min(1).values if len(live) else x.pow(2).sum(1)
+        floor = SERVED_DISTANCE ** 2 * x.pow(2).sum(1).mean()
+        picks: list[int] = []
+        for _ in range(n):
+            w = torch.where(d2 > floor, d2, torch.zeros_like(d2))
+            if not bool(w.any()):
+                break
+            i = int(torch.multinomial(w, 1))
+            picks.append(i)
+            d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(1))
+        return torch.tensor(picks, dtype=torch.long, device=flat.device)
+
+
+def _broadcast_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `x` [n, ...] on every process (n may differ between processes)."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    dist.broadcast(n, src=0)
+    k = int(n)
+    out = (x[:k] if x.shape[0] >= k else torch.cat([x, x.new_zeros(k - x.shape[0], *x.shape[1:])])).contiguous()
+    dist.broadcast(out, src=0)
+    return out
 
 
 def _all_gather_rows(x: torch.Tensor) -> torch.Tensor:

@@ -89,14 +89,18 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def step_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """The step checkpoint folders in `output_dir` (checkpoint-NNNNNNN), oldest first."""
+    return sorted((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+                  if (m := _CKPT.match(p.name)) and p.is_dir())
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint. Checkpoints are written with `atomic_dir`, so an
     incomplete one comes only from outside damage (an older writer, power loss, a disk
     error); it is skipped with a message naming it and the reason, and the newest
     complete one before it is returned."""
-    found = sorted(((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
-                    if (m := _CKPT.match(p.name)) and p.is_dir()), reverse=True)
-    for _, p in found:
+    for _, p in reversed(step_checkpoints(output_dir)):
         problem = checkpoint_problem(p)
         if problem is None:
             return p
@@ -108,7 +112,7 @@ def check_fresh_start(output_dir: Path) -> None:
     """A run started without --resume must not write over an earlier run's checkpoints or
     final model in the same folder (its metrics.jsonl would be truncated, its checkpoints
     pruned, its final/ replaced)."""
-    earlier = sorted(p.name for p in Path(output_dir).glob("checkpoint-*") if _CKPT.match(p.name))
+    earlier = [p.name for _, p in step_checkpoints(output_dir)]
     earlier += ["final"] if (Path(output_dir) / "final").is_dir() else []
     if earlier:
         raise ValueError(f"--output-dir {output_dir} holds an earlier run ({', '.join(earlier[-2:])}): "

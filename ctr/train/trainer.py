@@ -159,6 +159,8 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     hooks = hooks or {}
     run = plan_run(cfg)  # what this run uses; `cfg` stays as given (both are written below)
     out = Path(run.output_dir)
+    if not run.resume:  # first, on every process: none goes on alone, no data is read in vain
+        check_fresh_start(out)
     out.mkdir(parents=True, exist_ok=True)
     precision = run.mixed_precision
     if precision == "auto":
@@ -172,8 +174,6 @@ def train(cfg: TrainConfig, tasks: list[Task] | None = None, stop_after: int | N
     tasks = data.tasks if data is not None else (
         tasks if tasks is not None else load_tasks(run, verbose=acc.is_main_process))
 
-    if not run.resume and acc.is_main_process:
-        check_fresh_start(out)
     resume_from = latest_checkpoint(out) if run.resume else None
     if run.resume and resume_from is None and acc.is_main_process:
         print(f"[ctr] --resume: no checkpoint in {out}, starting fresh")

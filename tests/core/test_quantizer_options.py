@@ -9,7 +9,7 @@ from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to
 
 from ctr.config import CTRConfig
 from ctr.core.model import CTRModel
-from ctr.core.quantizer import usage_entropy_loss
+from ctr.core.quantizer import revival_picks, usage_entropy_loss
 from ctr.core.testing import tiny_backbone
 from ctr.train.batching import Encoded, collate
 
@@ -95,6 +95,37 @@ def test_revival_replaces_dead_values_only_with_encodings_of_any_task(quantizer)
     batch_rows = z.reshape(len(NAMES), -1, q.dim)[0]
     outside = [v for v in dead.tolist() if torch.cdist(after[v][None], batch_rows).min() > 1e-5]
     assert outside, "revival drew only from the batch's task"
+
+
+def test_revival_never_copies_a_value_in_use_and_prefers_the_worst_served_encodings():
+    torch.manual_seed(0)
+    live = torch.randn(4, 8)
+    on_values = live.repeat(3, 1) + 1e-6 * torch.randn(12, 8)  # tasks that sit on their values
+    far = torch.randn(2, 8) * 3
+    flat = torch.cat([on_values, far, far[:1]])  # a far encoding twice
+    assert len(revival_picks(on_values, live, 3)) == 0  # a revived value would be a copy
+    picks = revival_picks(flat, live, 5)
+    # each far encoding once (the repeat is served by the first pick), none of the served
+    assert sorted(flat[picks].tolist()) == sorted(far.tolist())
+    # drawn in proportion to the squared distance from the nearest value
+    near_far = torch.cat([live + 0.1, live[:1] + 1.0])  # four near encodings, one 10x farther
+    counts = torch.bincount(torch.cat([revival_picks(near_far, live, 1) for _ in range(400)]), minlength=5)
+    assert counts[4] > 0.8 * 400 > counts[:4].sum()
+
+
+def test_a_grouped_start_revives_no_copy_of_a_shared_value():
+    """Tasks that share a value sit on it: reviving a dead value there would give every task
+    of the group two equal values, and rounding would pick between them."""
+    model = make("ema", quantize_all_tasks=True, dead_code_threshold=0.995, encoder_init="grouped").train()
+    q = model.quantizer
+    q.defer_usage = True
+    model(**one_task_batch(0))
+    z = model.encode_tasks(torch.arange(len(NAMES))).detach().reshape(-1, q.dim)
+    dead = q.vq._codebook.cluster_size[0] * 0.8 < 0.995  # unused now: dead after this step
+    assert (torch.cdist(z, q.centers).min(1).values < 1e-4).all() and dead.any()
+    q.end_step(seed=0)
+    gaps = torch.cdist(q.centers, q.centers) + torch.eye(16) * 1e9
+    assert gaps.min() > 1e-3  # no value is a copy of another
 
 
 def test_rotation_trick_forward_is_the_codebook_and_gradient_is_rotated():

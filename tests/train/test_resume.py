@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_a_fresh_start_over_an_earlier_run_is_refused_and_loses_nothing(tiny_pat
     folder = killed_copy(runs, tmp_path / "cut") if earlier == "checkpoints" else \
         shutil.copytree(full.parent, tmp_path / "done")
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=rf"--output-dir {folder} holds an earlier run .*--resume"):
+    with pytest.raises(ValueError, match=rf"--output-dir {re.escape(str(folder))} holds an earlier run .*--resume"):
         train(cfg_for(tiny_paths, task_file, folder))
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
