@@ -283,7 +283,7 @@ def test_grouped_codes_start_tasks_of_a_type_on_shared_values(tiny_paths, tmp_pa
 def test_task_embedding_lr_scale_zero_keeps_the_task_embeddings_bit_identical(tiny_paths, tmp_path):
     """--task-embedding-lr-scale 0 (the proxy's held grouped start uses 0.01): the task
     embeddings, which move tasks between codes, stay bit-identical over training while the
-    encoder and the value offsets still learn; at the default scale they move."""
+    encoder and the value offsets still learn; at a scale of 1 they move."""
     data = write_typed_tasks(tmp_path)
     weights = {}
     for scale in ("1", "0"):
