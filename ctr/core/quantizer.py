@@ -261,9 +261,7 @@ class CodeQuantizer(nn.Module):
                 # vector-quantize-pytorch's `expire_codes_` draws the new vectors uniformly, and
                 # would put a value on an encoding that already sits on one (see `revival_picks`)
                 dead = (cb.cluster_size[0] < self.dead_code_threshold).nonzero().flatten()
-                live = torch.ones(self.codebook_size, dtype=torch.bool, device=z.device)
-                live[dead] = False
-                pick = revival_picks(z, cb.embed[0][live], len(dead))
+                pick = revival_picks(z, cb.embed[0], dead)
                 dead = dead[:len(pick)]
                 self.revived = len(dead)
                 cb.embed.data[0, dead] = z[pick]
@@ -304,10 +302,8 @@ class CodeQuantizer(nn.Module):
         # trainer groups rows by length): by content, so a pick names the same encoding
         key = flat.double() @ torch.linspace(1, 2, flat.shape[1], dtype=torch.float64, device=flat.device)
         flat = flat[torch.argsort(key, stable=True)]
-        live = torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device)
-        live[dead] = False
         with seeded(seed, flat.device):
-            pick = revival_picks(flat, self.codebook.detach()[live], len(dead))
+            pick = revival_picks(flat, self.codebook, dead)
         if world > 1:  # rank 0's picks (the distances may differ in the last bit)
             pick = _broadcast_rows(pick)
         dead = dead[:len(pick)]
@@ -322,23 +318,29 @@ SERVED_DISTANCE = 1e-3
 
 
 @torch.no_grad()
-def revival_picks(flat: torch.Tensor, live: torch.Tensor, n: int) -> torch.Tensor:
-    """Rows of the encodings `flat` [N, D] for up to `n` dead values, by k-means++ seeding
-    given the values in use `live` [M, D]: each pick is drawn (global RNG) with probability
-    proportional to its squared distance from the nearest value in use or picked before it.
+def revival_picks(flat: torch.Tensor, centers: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """Rows of the encodings `flat` [N, D] for the first of the `dead` values (indices into
+    `centers` [K, D]), by k-means++ seeding given the values in use (the others): each pick
+    is drawn (global RNG) with probability proportional to its squared distance from the
+    nearest value in use or picked before it.
 
     Hand-written because vector-quantize-pytorch's revival draws uniformly: a value revived
     on an encoding that already sits on a value (every task of a grouped start, a task
     alone on its value) is a second copy of it, and which copy the task then picks is
     decided by float rounding, differently in one process and in several. Encodings
-    within `SERVED_DISTANCE` of a value are never drawn; when fewer than `n` are left,
-    fewer values are revived (the others stay dead until an encoding leaves its value)."""
+    within `SERVED_DISTANCE` of a value are never drawn; when fewer are left than values
+    dead, fewer values are revived (the others stay dead until an encoding leaves its value)."""
+    picks: list[int] = []
+    if len(dead) == 0:
+        return torch.tensor(picks, dtype=torch.long, device=flat.device)
+    live = torch.ones(len(centers), dtype=torch.bool, device=centers.device)
+    live[dead] = False
     with no_autocast(flat.device):
         x = flat.detach().double()
-        d2 = torch.cdist(x, live.double()).pow(2).min(1).values if len(live) else x.pow(2).sum(1)
+        d2 = torch.cdist(x, centers.detach()[live].double()).pow(2).min(1).values if live.any() \
+            else x.pow(2).sum(1)
         floor = SERVED_DISTANCE ** 2 * x.pow(2).sum(1).mean()
-        picks: list[int] = []
-        for _ in range(n):
+        for _ in range(len(dead)):
             w = torch.where(d2 > floor, d2, torch.zeros_like(d2))
             if not bool(w.any()):
                 break

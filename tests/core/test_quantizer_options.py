@@ -99,18 +99,22 @@ def test_revival_replaces_dead_values_only_with_encodings_of_any_task(quantizer)
 
 def test_revival_never_copies_a_value_in_use_and_prefers_the_worst_served_encodings():
     torch.manual_seed(0)
-    live = torch.randn(4, 8)
+    centers = torch.randn(7, 8)
+    live, dead = centers[:4], torch.arange(4, 7)  # values 4-6 are dead
     on_values = live.repeat(3, 1) + 1e-6 * torch.randn(12, 8)  # tasks that sit on their values
     far = torch.randn(2, 8) * 3
     flat = torch.cat([on_values, far, far[:1]])  # a far encoding twice
-    assert len(revival_picks(on_values, live, 3)) == 0  # a revived value would be a copy
-    picks = revival_picks(flat, live, 5)
+    assert len(revival_picks(on_values, centers, dead)) == 0  # a revived value would be a copy
+    picks = revival_picks(flat, centers, dead)
     # each far encoding once (the repeat is served by the first pick), none of the served
     assert sorted(flat[picks].tolist()) == sorted(far.tolist())
-    # drawn in proportion to the squared distance from the nearest value
+    # drawn in proportion to the squared distance from the nearest value in use
     near_far = torch.cat([live + 0.1, live[:1] + 1.0])  # four near encodings, one 10x farther
-    counts = torch.bincount(torch.cat([revival_picks(near_far, live, 1) for _ in range(400)]), minlength=5)
+    draws = torch.cat([revival_picks(near_far, centers, dead[:1]) for _ in range(400)])
+    counts = torch.bincount(draws, minlength=5)
     assert counts[4] > 0.8 * 400 > counts[:4].sum()
+    # a dead value that still sits nearest to encodings serves none of them
+    assert len(revival_picks(centers[4:5] + 1e-6, centers, dead)) == 1
 
 
 def test_a_grouped_start_revives_no_copy_of_a_shared_value():
