@@ -46,8 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(codebook_recipe="paper"),
     # code values start as token embeddings and are the prompt; the LM trains them directly
     "prompt": dict(codebook_recipe="prompt"),
-    # the default: every task quantised each step, EMA codebook, revival from every task,
-    # LM-trained value offsets
+    # every task quantised each step, EMA codebook, revival from every task, LM-trained value
+    # offsets (the default before the grouped start)
     "stable": dict(codebook_recipe="stable"),
     # one remedy at a time, for the comparison at equal steps
     "prompt_all_tasks": dict(codebook_recipe="prompt", quantize_all_tasks=True, dead_code_threshold=1.0),
@@ -55,13 +55,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "prompt_warmup_kmeans": dict(codebook_recipe="prompt", codebook_warmup_steps=100),
     "prompt_rotation": dict(codebook_recipe="prompt", rotation_trick=True),
     "prompt_entropy": dict(codebook_recipe="prompt", code_entropy_weight=0.1),
-    # the default, with tasks that look alike (their descriptions) starting on shared values
+    # stable, with tasks that look alike (their descriptions) starting on shared values, the
+    # task embeddings at the full lr
     "stable_grouped": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=1.0),
     # the grouped start with the task embeddings (the encoder's input) at 1% of the lr, so
     # that tasks stay near the values their descriptions shared
     "stable_grouped_held": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.01),
     # between the two: the task embeddings at 10% of the lr, so that tasks can still move
-    # away from their grouped start, ten times slower
+    # away from their grouped start, ten times slower (what --codebook-recipe grouped trains,
+    # the default of the presets meant for long runs)
     "stable_grouped_slow": dict(codebook_recipe="stable", encoder_init="grouped", task_embedding_lr_scale=0.1),
     # a harder proxy, toward the depth of the GPU run's collapse: the lr doubled and held flat
     # (under the cosine schedule the collapse stops once the lr has decayed below ~0.4x)
