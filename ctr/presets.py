@@ -20,8 +20,8 @@ PROMPT_MODEL = dict(PAPER_MODEL, codebook_init="vocab", decoder_init="identity",
                     codebook_lm_grad=True)
 # The prompt recipe's start with a codebook that follows the tasks: every task's encoding is
 # quantised at every step, the codebook's centroids are an EMA k-means of them, values no task
-# uses are revived on the task encoding worst served, and an LM-trained offset per value keeps the prompt
-# learning as fast as the prompt recipe's (results/codebook_proxy/).
+# uses are revived on a task encoding far from every value in use, and an LM-trained offset
+# per value keeps the prompt learning as fast as the prompt recipe's (results/codebook_proxy/).
 STABLE_MODEL = dict(PROMPT_MODEL, codebook_lm_grad=False, quantizer="ema", quantize_all_tasks=True,
                     dead_code_threshold=1.0, value_offsets=True)
 # The stable codebook with tasks that start on codes grouped by their descriptions (tasks of

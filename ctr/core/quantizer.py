@@ -7,8 +7,11 @@ Two variants:
 - ``ema``: vector-quantize-pytorch's ``VectorQuantize`` with EMA codebook updates and
   k-means init (its buffers are updated in place).
 
-Dead-code revival (both variants) puts a value no task uses on an encoding drawn by
-k-means++ seeding (`revival_picks`), never on one that already sits on a value.
+Dead-code revival puts a value that no encoding picks (and whose usage is under the
+threshold) on an encoding drawn by k-means++ seeding (`revival_picks`), never on one that
+already sits on a value: the plain variant, and the ema variant with every task quantised.
+The ema variant in batch mode keeps vector-quantize-pytorch's revival inside its forward
+(a uniform draw from the batch, synced over the processes).
 
 Both take encodings ``z`` of shape [batch, L, D] and return the quantized vectors (forward:
 the codebook vectors; gradient to ``z`` straight through, or by the rotation trick), the
@@ -259,8 +262,11 @@ class CodeQuantizer(nn.Module):
             cb.update_ema()
             if self.dead_code_threshold > 0:
                 # vector-quantize-pytorch's `expire_codes_` draws the new vectors uniformly, and
-                # would put a value on an encoding that already sits on one (see `revival_picks`)
-                dead = (cb.cluster_size[0] < self.dead_code_threshold).nonzero().flatten()
+                # would put a value on an encoding that already sits on one (see `revival_picks`).
+                # Dead: under the threshold and picked by no encoding of this step (the EMA
+                # count of a value that serves one task can stay just under 1)
+                dead = ((cb.cluster_size[0] < self.dead_code_threshold) & (onehot.sum(0) == 0)).nonzero().flatten()
+                # every process holds every task's encodings, bit for bit: the same picks
                 pick = revival_picks(z, cb.embed[0], dead)
                 dead = dead[:len(pick)]
                 self.revived = len(dead)
@@ -274,11 +280,11 @@ class CodeQuantizer(nn.Module):
     def _track_usage_and_revive(self, flat: torch.Tensor, codes: torch.Tensor, n_forwards: int,
                                 seed: int | None = None, complete: bool = False) -> None:
         """usage <- EMA (0.99 per forward pass) of the codes picked per forward pass;
-        codes under the threshold take random encodings of the batch (complete mode: of
-        every task). With several processes in batch mode the counts are summed over all of
-        them and the encodings gathered, so every process makes the same update as one
-        process would on the whole global batch (the encodings are ordered by content before
-        the draw: row order does not matter)."""
+        codes under the threshold that no encoding picked take encodings of the batch
+        (complete mode: of every task) drawn by `revival_picks`. With several processes in
+        batch mode the counts are summed over all of them and the encodings gathered, so
+        every process makes the same update as one process would on the whole global batch
+        (the encodings are ordered by content before the draw: row order does not matter)."""
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         counts = torch.cat([counts, counts.new_tensor([float(n_forwards)])])
         world = 1 if complete else world_size()  # complete: every process holds every task
@@ -293,7 +299,9 @@ class CodeQuantizer(nn.Module):
             return
         if world > 1:  # one authoritative copy (all-reduce results may differ in the last bit)
             dist.broadcast(self.usage, src=0)
-        dead = (self.usage < self.dead_code_threshold).nonzero().flatten()
+        # dead: under the threshold and picked by no encoding of this step (counts summed
+        # over the processes: alike on every one)
+        dead = ((self.usage < self.dead_code_threshold) & (counts == 0)).nonzero().flatten()
         if len(dead) == 0:
             return
         if world > 1:
@@ -325,9 +333,11 @@ def revival_picks(flat: torch.Tensor, centers: torch.Tensor, dead: torch.Tensor)
     nearest value in use or picked before it.
 
     Hand-written because vector-quantize-pytorch's revival draws uniformly: a value revived
-    on an encoding that already sits on a value (every task of a grouped start, a task
-    alone on its value) is a second copy of it, and which copy the task then picks is
-    decided by float rounding, differently in one process and in several. Encodings
+    on an encoding that already sits on a value (every task of a grouped or spread start, a
+    task alone on its value) is a second copy of it, and which copy the task then picks is
+    decided by float rounding, differently in one process and in several. The callers
+    count a value as dead only if no encoding of the step picked it, so every encoding's
+    own value is among those in use. Encodings
     within `SERVED_DISTANCE` of a value are never drawn; when fewer are left than values
     dead, fewer values are revived (the others stay dead until an encoding leaves its value)."""
     picks: list[int] = []
@@ -356,7 +366,8 @@ def _broadcast_rows(x: torch.Tensor) -> torch.Tensor:
     dist.broadcast(n, src=0)
     k = int(n)
     out = (x[:k] if x.shape[0] >= k else torch.cat([x, x.new_zeros(k - x.shape[0], *x.shape[1:])])).contiguous()
-    dist.broadcast(out, src=0)
+    if k:  # every process knows k: all skip together
+        dist.broadcast(out, src=0)
     return out
 
 

@@ -117,10 +117,11 @@ def test_revival_never_copies_a_value_in_use_and_prefers_the_worst_served_encodi
     assert len(revival_picks(centers[4:5] + 1e-6, centers, dead)) == 1
 
 
-def test_a_grouped_start_revives_no_copy_of_a_shared_value():
-    """Tasks that share a value sit on it: reviving a dead value there would give every task
-    of the group two equal values, and rounding would pick between them."""
-    model = make("ema", quantize_all_tasks=True, dead_code_threshold=0.995, encoder_init="grouped").train()
+def test_a_start_with_every_task_on_a_value_revives_no_copy_of_one():
+    """A spread start puts every task exactly on a value (a grouped one too, several tasks
+    on one): reviving a dead value on a task's encoding would give the task two equal
+    values, and rounding would pick between them."""
+    model = make("ema", quantize_all_tasks=True, dead_code_threshold=0.995, encoder_init="spread").train()
     q = model.quantizer
     q.defer_usage = True
     model(**one_task_batch(0))
@@ -130,6 +131,24 @@ def test_a_grouped_start_revives_no_copy_of_a_shared_value():
     q.end_step(seed=0)
     gaps = torch.cdist(q.centers, q.centers) + torch.eye(16) * 1e9
     assert gaps.min() > 1e-3  # no value is a copy of another
+
+
+def test_a_value_in_use_is_neither_moved_nor_copied_however_low_its_usage():
+    """Usage under the threshold is not enough to revive a value: an encoding must not pick
+    it (an EMA count can stay just under the threshold while one task sits on the value)."""
+    model = make(quantize_all_tasks=True, dead_code_threshold=0.995).train()
+    q = model.quantizer
+    q.defer_usage = True
+    q.usage.zero_()  # every value under the threshold, those in use too
+    before = q.codebook.detach().clone()
+    z = model.encode_tasks(torch.arange(len(NAMES))).detach().reshape(-1, q.dim)
+    used = torch.cdist(z, before).argmin(-1).unique()
+    model(**one_task_batch(0))
+    q.end_step(seed=0)
+    assert torch.equal(q.codebook[used], before[used])
+    assert 0 < q.revived <= 16 - len(used)
+    gaps = torch.cdist(q.codebook, q.codebook) + torch.eye(16) * 1e9
+    assert gaps.min() > 1e-3
 
 
 def test_rotation_trick_forward_is_the_codebook_and_gradient_is_rotated():
