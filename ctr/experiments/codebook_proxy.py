@@ -18,7 +18,10 @@ The table, per recipe (mean over seeds, each seed beside it): the health traject
 goals, and the mean training LM loss of the last 10% of steps (every recipe sees the same
 batches for a seed, so the losses are paired). `--near` adds, per run, Code Ensemble
 zero-label on the near suite (SST-2 validation, TREC, AG News: at most 1000 examples each)
-and the bare backbone once, as the lent-GPU run scored them.
+and the bare backbone once, as the lent-GPU run scored them: each against the backbone with
+a paired bootstrap interval over the evaluation examples. `--near-tasks` scores some tasks
+(into RUN/near_TASK), `--selection-seeds` repeats the selection on other unlabelled inputs
+(RUN/near_TASK_selS), so that a run's zero-label shows how much one selection moves it.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Any
 from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
 from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE, TrainConfig
 from ctr.core.code_health import GOALS, HEALTH_FILE
+from ctr.experiments.evidence_bootstrap import interval, key_seed, resample_examples, template_outcomes
 from ctr.fileio import read_json, read_jsonl, write_json
 from ctr.inference.evaluate import EvalConfig, run_eval
 from ctr.provenance import provenance
@@ -80,6 +84,7 @@ PROBE_STEPS = (10, 100, 200, 300, 400, 500, 600)
 NEAR = dict(suite="near", max_examples=1000, batch_size=64)
 EVAL_TEMPLATES = 2
 ZERO_LABEL = dict(n_inputs=8, max_templates=1, eval_max_templates=EVAL_TEMPLATES)
+N_BOOT = 2000  # bootstrap replicates of a zero-label difference from the backbone
 KEPT = ("metrics.jsonl", TRAIN_CONFIG_FILE, RESOLVED_CONFIG_FILE, "code_table.json", HEALTH_FILE, BUDGET_FILE)
 
 
@@ -97,22 +102,31 @@ def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -
     return out
 
 
+def near_folder(tasks: list[str] | None = None, selection_seed: int = 0) -> str:
+    """The folder of a run that holds one zero-label scoring: `near` for the whole suite,
+    `near_TASK` for some tasks, `_selS` for another Code Ensemble selection (seed S draws
+    other unlabelled inputs; SST-2 and TREC are scored whole at every seed)."""
+    return "near" + "".join(f"_{t}" for t in tasks or []) + (f"_sel{selection_seed}" if selection_seed else "")
+
+
 def score_near(runs: Path, recipes: list[str], seeds: list[int], data_dir: str | None = None,
-               tasks: list[str] | None = None) -> None:
-    """Zero-label on the near suite (or its `tasks`) for the given finished runs, and the
-    backbone once on the whole suite."""
+               tasks: list[str] | None = None, selection_seeds: tuple[int, ...] = (0,)) -> None:
+    """Zero-label on the near suite (or its `tasks`) for the given finished runs, once per
+    selection seed, and the backbone once on the whole suite."""
     if not (runs / "backbone" / "results.json").exists():
         run_eval(EvalConfig(model="smollm2", output_dir=str(runs / "backbone"), data_dir=data_dir,
                             max_templates=EVAL_TEMPLATES, **NEAR))
     for folder in (run_dir(runs, r, s) for r in recipes for s in seeds):
-        if (folder / "final").exists() and not (folder / "near" / "results.json").exists():
-            run_zero_label(ZeroLabelConfig(checkpoint=str(folder), output_dir=str(folder / "near"),
-                                           data_dir=data_dir, tasks=list(tasks or []), **NEAR,
-                                           **ZERO_LABEL))
+        for selection_seed in selection_seeds:
+            out = folder / near_folder(tasks, selection_seed)
+            if (folder / "final").exists() and not (out / "results.json").exists():
+                run_zero_label(ZeroLabelConfig(checkpoint=str(folder), output_dir=str(out), data_dir=data_dir,
+                                               tasks=list(tasks or []), seed=selection_seed, **NEAR,
+                                               **ZERO_LABEL))
 
 
 # ---- the table --------------------------------------------------------------------------
-def run_summary(folder: Path) -> dict[str, Any]:
+def run_summary(folder: Path, backbone: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the table reads from one run folder."""
     records = read_jsonl(folder / "metrics.jsonl")
     steps = records[-1]["step"]
@@ -126,24 +140,54 @@ def run_summary(folder: Path) -> dict[str, Any]:
                   for s in PROBE_STEPS if s in by_step}
     out = {"steps": steps, "lm_loss_last10": round(statistics.mean(tail), 4), "trajectory": trajectory,
            "health": read_json(folder / HEALTH_FILE) if (folder / HEALTH_FILE).exists() else None}
-    near = folder / "near" / "results.json"
-    if near.exists():
-        res = read_json(near)
-        out["near"] = {t: {"median": v["median"], "code": v.get("code")} for t, v in res["tasks"].items()}
+    near = near_scores(folder, backbone)
+    if near:
+        out["near"] = near
     return out
+
+
+def near_scores(folder: Path, backbone: dict[str, Any] | None) -> dict[str, Any]:
+    """{task: ...} of every zero-label scoring in the run's near* folders: the median over
+    templates of each selection seed, and for the lowest seed ("median", "code") its
+    difference from the backbone with a 95% bootstrap interval over the evaluation examples,
+    paired (both drawn alike per example index); the selection's own variation is not in it."""
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("near*/results.json")):
+        res = read_json(path)
+        seed = int(res["config"].get("seed") or 0)
+        for task, rec in res["tasks"].items():
+            cell = out.setdefault(task, {"selections": {}})
+            if str(seed) in cell["selections"]:
+                raise ValueError(f"{path}: {task} at selection seed {seed} is scored twice in {folder}")
+            cell["selections"][str(seed)] = rec["median"]
+            if "median" in cell and seed > int(min(cell["selections"], key=int)):
+                continue
+            cell.update(median=rec["median"], code=rec.get("code"), selection_seed=seed)
+            if backbone and task in backbone["tasks"]:
+                cell["vs_backbone"] = paired_difference(rec, backbone["tasks"][task], task, str(path))
+    return out
+
+
+def paired_difference(rec: dict[str, Any], base: dict[str, Any], task: str, where: str) -> dict[str, Any] | None:
+    model, bare = template_outcomes(rec, where), template_outcomes(base, f"backbone results ({task})")
+    if model is None or bare is None:
+        return None
+    draws = key_seed(0, "codebook_proxy", task)
+    lo, hi = interval(resample_examples(model, draws, N_BOOT) - resample_examples(bare, draws, N_BOOT))
+    return {"difference": round(rec["median"] - base["median"], 2), "interval": [round(lo, 2), round(hi, 2)]}
 
 
 def compile_table(runs: Path) -> dict[str, Any]:
     runs = Path(runs)
     table: dict[str, Any] = {"recipes": {}, "goals": GOALS, "proxy": PROXY}
+    backbone = read_json(runs / "backbone" / "results.json") if (runs / "backbone" / "results.json").exists() else None
     for recipe_dir in sorted(p for p in runs.iterdir() if p.is_dir() and p.name in RECIPES):
-        seeds = {f.name: run_summary(f) for f in sorted(recipe_dir.glob("seed*"))
+        seeds = {f.name: run_summary(f, backbone) for f in sorted(recipe_dir.glob("seed*"))
                  if (f / "metrics.jsonl").exists()}
         if seeds:
             table["recipes"][recipe_dir.name] = {"options": RECIPES[recipe_dir.name], "seeds": seeds}
-    backbone = runs / "backbone" / "results.json"
-    if backbone.exists():
-        table["backbone"] = {t: v["median"] for t, v in read_json(backbone)["tasks"].items()}
+    if backbone:
+        table["backbone"] = {t: v["median"] for t, v in backbone["tasks"].items()}
     return table
 
 
@@ -187,18 +231,49 @@ def markdown(table: dict[str, Any]) -> str:
             lines.append(f"| {name} | {seed} | {h['distinct_codes']} / {h['tasks']} | {min(h['values_in_use'])} | "
                          f"{min(h['perplexity']):.1f} | {h['largest_value_share']:.3f} | "
                          f"{_fmt(h['type_gap'], 3)} | {r['lm_loss_last10']:.4f} |")
-    if any("near" in r for rec in table["recipes"].values() for r in rec["seeds"].values()):
-        tasks = list(table.get("backbone", {})) or ["glue_sst2", "trec", "ag_news"]
-        lines += ["", "## Near suite, zero-label (median accuracy over templates)", "",
-                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-        if "backbone" in table:
-            lines.append("| backbone | " + " | ".join(f"{table['backbone'][t]:.1f}" for t in tasks) + " |")
-        for name, rec in table["recipes"].items():
-            for seed, r in rec["seeds"].items():
-                if "near" in r:
-                    lines.append(f"| {name} {seed} | " + " | ".join(
-                        _fmt(r["near"].get(t, {}).get("median"), 1) for t in tasks) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + near_markdown(table))
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def near_markdown(table: dict[str, Any]) -> list[str]:
+    """The zero-label tables: one selection per run against the backbone, then every run
+    scored at several selection seeds."""
+    scored = [(f"{name} {seed}", r["near"]) for name, rec in table["recipes"].items()
+              for seed, r in rec["seeds"].items() if "near" in r]
+    if not scored:
+        return []
+    tasks = list(table.get("backbone", {})) or ["glue_sst2", "trec", "ag_news"]
+    lines = ["", "## Near suite, zero-label (median accuracy over templates)", "",
+             "One Code Ensemble selection per run (the lowest selection seed scored); in brackets its "
+             "difference from the backbone and that difference's 95% bootstrap interval over the "
+             "evaluation examples, paired. The selection's own variation is not in the interval.", "",
+             "| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    if "backbone" in table:
+        lines.append("| backbone | " + " | ".join(f"{table['backbone'][t]:.1f}" for t in tasks) + " |")
+
+    def cell(c: dict[str, Any] | None) -> str:
+        if not c:
+            return "-"
+        d = c.get("vs_backbone")
+        return f"{c['median']:.1f}" + (f" ({_signed(d['difference'])} [{_signed(d['interval'][0])}, "
+                                       f"{_signed(d['interval'][1])}])" if d else "")
+    lines += [f"| {model} | " + " | ".join(cell(near.get(t)) for t in tasks) + " |" for model, near in scored]
+    several = [(model, t, near[t]["selections"]) for model, near in scored for t in tasks
+               if len(near.get(t, {}).get("selections", {})) > 1]
+    if several:
+        lines += ["", "## Zero-label over several selections", "",
+                  "The same run, Code Ensemble selecting from other unlabelled inputs (selection seed S).", "",
+                  "| model | task | accuracy at selection seed 0, 1, ... | mean | lowest | backbone |",
+                  "|---|---|---|---:|---:|---:|"]
+        for model, t, sel in several:
+            accs = [sel[k] for k in sorted(sel, key=int)]
+            lines.append(f"| {model} | {t} | " + ", ".join(f"{a:.1f}" for a in accs) +
+                         f" | {statistics.mean(accs):.1f} | {min(accs):.1f} | "
+                         f"{_fmt(table.get('backbone', {}).get(t), 1)} |")
+    return lines
 
 
 def archive(runs: Path, dest: Path) -> None:
@@ -209,11 +284,11 @@ def archive(runs: Path, dest: Path) -> None:
         for name in KEPT:
             if (folder / name).exists():
                 shutil.copy2(folder / name, target / name)
-        if (folder / "near" / "results.json").exists():
-            (target / "near").mkdir(exist_ok=True)
+        for near in (p.parent for p in sorted(folder.glob("near*/results.json"))):
+            (target / near.name).mkdir(exist_ok=True)
             for name in ("results.json", "results.md", "zero_label.json", "codes.json"):
-                if (folder / "near" / name).exists():
-                    shutil.copy2(folder / "near" / name, target / "near" / name)
+                if (near / name).exists():
+                    shutil.copy2(near / name, target / near.name / name)
     if (Path(runs) / "backbone" / "results.json").exists():
         (dest / "runs" / "backbone").mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(runs) / "backbone" / "results.json", dest / "runs" / "backbone" / "results.json")
@@ -230,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--near-tasks", nargs="*", default=None,
                    help="zero-label on these near-suite tasks only (TREC's fine-grained templates "
                         "cost about 40 minutes of selection per model on a 2-core CPU)")
+    p.add_argument("--selection-seeds", nargs="*", type=int, default=[0],
+                   help="score zero-label once per Code Ensemble selection seed (each draws other "
+                        "unlabelled inputs), into NEAR_FOLDER_selS")
     p.add_argument("--compile-only", action="store_true", help="read the runs, train nothing")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
@@ -239,14 +317,16 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 train_run(runs, recipe, seed, args.data_dir)
         if args.near:
-            score_near(runs, args.recipes, args.seeds, args.data_dir, args.near_tasks)
+            score_near(runs, args.recipes, args.seeds, args.data_dir, args.near_tasks,
+                       tuple(args.selection_seeds))
     table = compile_table(runs)
     text = markdown(table)
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        archive(runs, out)
+        if runs.resolve() != (out / "runs").resolve():  # recompiling an archive in place
+            archive(runs, out)
         write_json(out / "table.json", {**table, "provenance": provenance()})
         (out / "table.md").write_text(text + "\n")
     return 0

@@ -54,3 +54,56 @@ def test_every_recipe_is_a_valid_stage_1_run(tmp_path):
     grouped, held = resolved["stable_grouped"], resolved["stable_grouped_held"]
     assert held.ctr == grouped.ctr and held.encoder_lr_scale == grouped.encoder_lr_scale
     assert held.task_embedding_lr_scale == 0.01 and grouped.task_embedding_lr_scale == 1.0
+
+
+def fake_scores(folder, task, selection_seed, right):
+    """A zero-label (or eval) results.json of one task, two templates right on the same `right`
+    examples of 200."""
+    bits = "".join("1" if i in right else "0" for i in range(200))
+    acc = 100 * len(right) / 200
+    template = {"n": 200, "accuracy": acc, "indices": list(range(200)), "correct": bits}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "results.json", {"config": {"seed": selection_seed}, "tasks": {task: {
+        "median": acc, "code": [selection_seed], "templates": {"a": template, "b": dict(template)}}}})
+
+
+def test_zero_label_is_read_from_every_near_folder_paired_with_the_backbone(tmp_path):
+    codes = [[0, 1], [0, 1], [2, 3], [4, 5]]
+    run = tmp_path / "stable" / "seed0"
+    fake_run(run, 10, lambda s: 1.0, lambda s: [5.0, 5.0], codes)
+    fake_scores(tmp_path / "backbone", "trec", 0, set(range(100)))
+    # selection seed 0: right where the backbone is and on 10 more examples
+    fake_scores(run / "near_trec", "trec", 0, set(range(110)))
+    fake_scores(run / "near_trec_sel2", "trec", 2, set(range(60)))
+    fake_scores(run / "near", "glue_sst2", 0, set(range(50)))
+    near = compile_table(tmp_path)["recipes"]["stable"]["seeds"]["seed0"]["near"]
+    assert set(near) == {"trec", "glue_sst2"}
+    trec = near["trec"]
+    assert trec["selections"] == {"0": 55.0, "2": 30.0}
+    assert trec["median"] == 55.0 and trec["code"] == [0]  # the lowest selection seed heads the row
+    # paired over examples: the run is right wherever the backbone is, so no replicate can
+    # put it below (drawn independently, the interval would reach well below zero)
+    lo, hi = trec["vs_backbone"]["interval"]
+    assert trec["vs_backbone"]["difference"] == 5.0 and 0 <= lo < 5.0 < hi
+    assert "glue_sst2" in near and "vs_backbone" not in near["glue_sst2"]  # no backbone score for it
+    text = markdown(compile_table(tmp_path))
+    assert "| stable | seed0 |" in text
+    assert "| stable seed0 | trec | 55.0, 30.0 | 42.5 | 30.0 | 50.0 |" in text
+    # one task scored twice at one selection seed is an error that names the file
+    fake_scores(run / "near_again", "trec", 2, set(range(70)))
+    with pytest.raises(ValueError, match="near_trec_sel2.*selection seed 2|near_again.*selection seed 2"):
+        compile_table(tmp_path)
+
+
+def test_each_selection_seed_is_scored_once_into_its_own_folder(tmp_path, monkeypatch):
+    import ctr.experiments.codebook_proxy as proxy
+
+    calls = []
+    monkeypatch.setattr(proxy, "run_eval", lambda cfg: calls.append(("eval", cfg.output_dir)))
+    monkeypatch.setattr(proxy, "run_zero_label", lambda cfg: calls.append((cfg.output_dir, cfg.seed, cfg.tasks)))
+    run = tmp_path / "stable" / "seed0"
+    (run / "final").mkdir(parents=True)
+    fake_scores(run / "near_trec_sel1", "trec", 1, set())  # scored before: kept
+    proxy.score_near(tmp_path, ["stable"], [0], tasks=["trec"], selection_seeds=(0, 1, 2))
+    assert calls == [("eval", str(tmp_path / "backbone")),
+                     (str(run / "near_trec"), 0, ["trec"]), (str(run / "near_trec_sel2"), 2, ["trec"])]
