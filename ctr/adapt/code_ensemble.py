@@ -1,11 +1,12 @@
 """Code Ensemble (zero-label selection) and its options: the candidate code whose answers
-agree most with the candidates' majority vote.
+agree most with the candidates' majority vote (ties: the one most confident in it).
 
 Every (candidate, template, unlabelled input) is scored in batched passes; each input gets
 a pseudo-label by majority vote over the candidates (or mean probability); the candidate
-that agrees most with the pseudo-labels wins. Labels are never read: inputs are rendered
-through the label-free path (`render_prompts`, which only sees an example's non-label
-fields). `--protocol authors` adds the released code's gold-label filter, for audits only.
+that agrees most with the pseudo-labels wins; among equals, the one giving them the highest
+mean probability (`--tie-break order` keeps the candidate list's order instead). Labels are
+never read: inputs are rendered through the label-free path (`render_prompts`, which only
+sees an example's non-label fields). `--protocol authors` adds the released code's gold-label filter, for audits only.
 `ctr zero-label` (`ctr.adapt.zero_label`) runs it over tasks and evaluates the chosen codes.
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ class ZeroLabelConfig(AdaptCommon):
     vote: Literal["majority", "mean_prob"] = opt("majority", "how pseudo-labels are formed")
     degenerate_threshold: float | None = opt(
         None, "drop candidates that give one answer to more than this fraction of inputs")
+    tie_break: Literal["confidence", "order"] = opt(
+        "confidence", "how candidates of equal agreement are ranked: confidence, by the mean "
+                      "probability they give the pseudo-labels; order, by their place in the "
+                      "candidate list (the training tasks' order)")
     authors_max_distance: float = opt(
         0.25, "--protocol authors only: drop candidates whose predicted answer shares lie further "
               "than this (total variation) from the gold label shares")
@@ -77,13 +82,17 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
     ranked = []
     for c, (code, tasks) in enumerate(candidates):
         agree = [preds[c][i] == pseudo[i] for i in range(n)]
+        # agreement is a count out of n: with a few inputs dozens of candidates tie, and the
+        # list order would hand the pick to the alphabetically first task
+        confidence = sum(_softmax(scores[c * n + i].logprob)[pseudo[i]] for i in range(n)) / n
         per_template = {t: sum(a for a, (tn, _, _) in zip(agree, prompts) if tn == t)
                         / sum(1 for tn, _, _ in prompts if tn == t) for t in names}
         ranked.append({"code": code, "tasks": tasks, "agreement": sum(agree) / n,
-                       "majority_share": share[c], "degenerate": degenerate[c],
+                       "confidence": confidence, "majority_share": share[c], "degenerate": degenerate[c],
                        "best_template": max(per_template, key=per_template.__getitem__),
                        "per_template": per_template})
-    ranked.sort(key=lambda r: (r["degenerate"], -r["agreement"]))
+    ranked.sort(key=lambda r: (r["degenerate"], -r["agreement"],
+                               -r["confidence"] if cfg.tie_break == "confidence" else 0.0))
     best = ranked[0]
     return {"code": best["code"], "agreement": best["agreement"], "template": best["best_template"],
             "from_tasks": best["tasks"], "selection_source": split.source,

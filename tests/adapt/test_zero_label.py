@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from types import MappingProxyType
 
@@ -114,3 +115,42 @@ def test_degenerate_candidates_are_dropped_from_predictions_alone():
     assert [tuple(r["code"]) for r in sel["ranked"][3:]] == list(_DEGENERATE)  # degenerate last
 
 
+
+
+class _ConfidenceScorer(_ScriptedScorer):
+    """Scripted predictions with a margin per code: the predicted choice scores `margin[c]`
+    above the others."""
+
+    def __init__(self, script, margin):
+        super().__init__(script)
+        self.margin = {tuple(c): m for c, m in margin.items()}
+
+    def score(self, reqs):
+        from ctr.inference.scoring import ChoiceScores
+        out = super().score(reqs)
+        return [ChoiceScores([0.0 if s == 0.0 else -self.margin[tuple(r.code)] for s in o.logprob], o.tokens)
+                for r, o in zip(reqs, out)]
+
+
+def test_candidates_of_equal_agreement_are_ranked_by_their_confidence_not_their_order():
+    need_data()
+    from ctr.adapt.code_ensemble import select_code
+    from ctr.adapt.zero_label import ZeroLabelConfig
+    model = ctr_model()
+    # three candidates answer alike (agreement 1), listed from the least to the most confident
+    script = {(0, 0, 0, 0): [0, 1, 0, 1, 1, 0], (1, 1, 1, 1): [0, 1, 0, 1, 1, 0],
+              (2, 2, 2, 2): [0, 1, 0, 1, 1, 0], (3, 3, 3, 3): [1, 1, 0, 1, 0, 0]}
+    margin = {(0, 0, 0, 0): 0.5, (1, 1, 1, 1): 1.0, (2, 2, 2, 2): 3.0, (3, 3, 3, 3): 9.0}
+    candidates = [(list(c), [f"task{i}"]) for i, c in enumerate(script)]
+
+    def select(tie_break):
+        cfg = ZeroLabelConfig(n_inputs=6, max_templates=1, tie_break=tie_break)
+        return select_code(model, "super_glue_rte", cfg, candidates, _ConfidenceScorer(script, margin))
+    sel = select("confidence")
+    # the most confident of the three that agree wins; the one more confident still, but
+    # agreeing less, does not
+    assert sel["code"] == [2, 2, 2, 2] and sel["agreement"] == 1.0
+    assert [r["code"][0] for r in sel["ranked"]] == [2, 1, 0, 3]
+    by_code = {r["code"][0]: r["confidence"] for r in sel["ranked"]}
+    assert by_code[2] == pytest.approx(1 / (1 + math.exp(-3.0)))  # two choices, a margin of 3
+    assert select("order")["code"] == [0, 0, 0, 0]
