@@ -266,11 +266,11 @@ def near_markdown(table: dict[str, Any]) -> list[str]:
     if several:
         lines += ["", "## Zero-label over several selections", "",
                   "The same run, Code Ensemble selecting from other unlabelled inputs (selection seed S).", "",
-                  "| model | task | accuracy at selection seed 0, 1, ... | mean | lowest | backbone |",
+                  "| model | task | selection seed: accuracy | mean | lowest | backbone |",
                   "|---|---|---|---:|---:|---:|"]
         for model, t, sel in several:
             accs = [sel[k] for k in sorted(sel, key=int)]
-            lines.append(f"| {model} | {t} | " + ", ".join(f"{a:.1f}" for a in accs) +
+            lines.append(f"| {model} | {t} | " + ", ".join(f"{k}: {sel[k]:.1f}" for k in sorted(sel, key=int)) +
                          f" | {statistics.mean(accs):.1f} | {min(accs):.1f} | "
                          f"{_fmt(table.get('backbone', {}).get(t), 1)} |")
     return lines

@@ -88,7 +88,7 @@ def test_zero_label_is_read_from_every_near_folder_paired_with_the_backbone(tmp_
     assert "glue_sst2" in near and "vs_backbone" not in near["glue_sst2"]  # no backbone score for it
     text = markdown(compile_table(tmp_path))
     assert "| stable | seed0 |" in text
-    assert "| stable seed0 | trec | 55.0, 30.0 | 42.5 | 30.0 | 50.0 |" in text
+    assert "| stable seed0 | trec | 0: 55.0, 2: 30.0 | 42.5 | 30.0 | 50.0 |" in text
     # one task scored twice at one selection seed is an error that names the file
     fake_scores(run / "near_again", "trec", 2, set(range(70)))
     with pytest.raises(ValueError, match="near_trec_sel2.*selection seed 2|near_again.*selection seed 2"):
