@@ -6,8 +6,9 @@ a pseudo-label by majority vote over the candidates (or mean probability); the c
 that agrees most with the pseudo-labels wins; among equals, the one giving them the highest
 mean probability (`--tie-break order` keeps the candidate list's order instead). Labels are
 never read: inputs are rendered through the label-free path (`render_prompts`, which only
-sees an example's non-label fields). `--protocol authors` adds the released code's gold-label filter, for audits only.
-`ctr zero-label` (`ctr.adapt.zero_label`) runs it over tasks and evaluates the chosen codes.
+sees an example's non-label fields). `--protocol authors` adds the released code's
+gold-label filter, for audits only. `ctr zero-label` (`ctr.adapt.zero_label`) runs it
+over tasks and evaluates the chosen codes.
 """
 from __future__ import annotations
 

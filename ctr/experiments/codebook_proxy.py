@@ -105,7 +105,8 @@ def train_run(runs: Path, recipe: str, seed: int, data_dir: str | None = None) -
 def near_folder(tasks: list[str] | None = None, selection_seed: int = 0) -> str:
     """The folder of a run that holds one zero-label scoring: `near` for the whole suite,
     `near_TASK` for some tasks, `_selS` for another Code Ensemble selection (seed S draws
-    other unlabelled inputs; SST-2 and TREC are scored whole at every seed)."""
+    other unlabelled inputs, and AG News's 1000 evaluation examples; SST-2 and TREC are
+    scored whole at every seed)."""
     return "near" + "".join(f"_{t}" for t in tasks or []) + (f"_sel{selection_seed}" if selection_seed else "")
 
 
