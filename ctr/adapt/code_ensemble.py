@@ -62,6 +62,7 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
     scores = scorer.score(reqs)
     n = len(base)
     preds = [[scores[c * n + i].prediction() for i in range(n)] for c in range(len(candidates))]
+    probs = [_softmax(s.logprob) for s in scores]  # each choice's probability, per request
     share = [max(Counter(p).values()) / n for p in preds]
     degenerate = [cfg.degenerate_threshold is not None and s > cfg.degenerate_threshold for s in share]
     if cfg.protocol == "authors":  # the released code's gold-label filter (reads labels)
@@ -77,7 +78,7 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
             pseudo.append(min(votes, key=lambda a: (-votes[a], a)))  # ties: lowest choice index
         else:
             k = len(base[i].choices)
-            mean = [sum(_softmax(scores[c * n + i].logprob)[a] for c in voters) for a in range(k)]
+            mean = [sum(probs[c * n + i][a] for c in voters) for a in range(k)]
             pseudo.append(max(range(k), key=mean.__getitem__))
     names = sorted({t for t, _, _ in prompts})
     ranked = []
@@ -85,7 +86,7 @@ def select_code(model: CTRModel, task_name: str, cfg: ZeroLabelConfig,
         agree = [preds[c][i] == pseudo[i] for i in range(n)]
         # agreement is a count out of n: with a few inputs dozens of candidates tie, and the
         # list order would hand the pick to the alphabetically first task
-        confidence = sum(_softmax(scores[c * n + i].logprob)[pseudo[i]] for i in range(n)) / n
+        confidence = sum(probs[c * n + i][pseudo[i]] for i in range(n)) / n
         per_template = {t: sum(a for a, (tn, _, _) in zip(agree, prompts) if tn == t)
                         / sum(1 for tn, _, _ in prompts if tn == t) for t in names}
         ranked.append({"code": code, "tasks": tasks, "agreement": sum(agree) / n,

@@ -35,6 +35,7 @@ from ctr.adapt.zero_label import ZeroLabelConfig, run_zero_label
 from ctr.config import RESOLVED_CONFIG_FILE, TRAIN_CONFIG_FILE, TrainConfig
 from ctr.core.code_health import GOALS, HEALTH_FILE
 from ctr.experiments.evidence_bootstrap import interval, key_seed, resample_examples, template_outcomes
+from ctr.experiments.evidence_report import fmt_diff
 from ctr.fileio import read_json, read_jsonl, write_json
 from ctr.inference.evaluate import EvalConfig, run_eval
 from ctr.provenance import provenance
@@ -152,30 +153,33 @@ def near_scores(folder: Path, backbone: dict[str, Any] | None) -> dict[str, Any]
     templates of each selection seed, and for the lowest seed ("median", "code") its
     difference from the backbone with a 95% bootstrap interval over the evaluation examples,
     paired (both drawn alike per example index); the selection's own variation is not in it."""
-    out: dict[str, Any] = {}
+    scored: dict[str, dict[int, tuple[dict[str, Any], Path]]] = {}  # task -> seed -> (record, file)
     for path in sorted(folder.glob("near*/results.json")):
         res = read_json(path)
         seed = int(res["config"].get("seed") or 0)
         for task, rec in res["tasks"].items():
-            cell = out.setdefault(task, {"selections": {}})
-            if str(seed) in cell["selections"]:
+            if seed in scored.setdefault(task, {}):
                 raise ValueError(f"{path}: {task} at selection seed {seed} is scored twice in {folder}")
-            cell["selections"][str(seed)] = rec["median"]
-            if "median" in cell and seed > int(min(cell["selections"], key=int)):
-                continue
-            cell.update(median=rec["median"], code=rec.get("code"), selection_seed=seed)
-            if backbone and task in backbone["tasks"]:
-                cell["vs_backbone"] = paired_difference(rec, backbone["tasks"][task], task, str(path))
+            scored[task][seed] = (rec, path)
+    out: dict[str, Any] = {}
+    for task, by_seed in scored.items():
+        seed = min(by_seed)
+        rec, path = by_seed[seed]
+        cell = out[task] = {"selections": {str(k): by_seed[k][0]["median"] for k in sorted(by_seed)},
+                            "median": rec["median"], "code": rec.get("code"), "selection_seed": seed}
+        if backbone and task in backbone["tasks"]:
+            cell["vs_backbone"] = paired_difference(rec, backbone["tasks"][task], task, str(path))
     return out
 
 
 def paired_difference(rec: dict[str, Any], base: dict[str, Any], task: str, where: str) -> dict[str, Any] | None:
+    """The run's median minus the backbone's, with its interval (the evidence table's shape)."""
     model, bare = template_outcomes(rec, where), template_outcomes(base, f"backbone results ({task})")
     if model is None or bare is None:
         return None
     draws = key_seed(0, "codebook_proxy", task)
     lo, hi = interval(resample_examples(model, draws, N_BOOT) - resample_examples(bare, draws, N_BOOT))
-    return {"difference": round(rec["median"] - base["median"], 2), "interval": [round(lo, 2), round(hi, 2)]}
+    return {"diff": round(rec["median"] - base["median"], 2), "ci_low": round(lo, 2), "ci_high": round(hi, 2)}
 
 
 def compile_table(runs: Path) -> dict[str, Any]:
@@ -235,10 +239,6 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines + near_markdown(table))
 
 
-def _signed(x: float) -> str:
-    return f"{x:+.1f}"
-
-
 def near_markdown(table: dict[str, Any]) -> list[str]:
     """The zero-label tables: one selection per run against the backbone, then every run
     scored at several selection seeds."""
@@ -258,9 +258,7 @@ def near_markdown(table: dict[str, Any]) -> list[str]:
     def cell(c: dict[str, Any] | None) -> str:
         if not c:
             return "-"
-        d = c.get("vs_backbone")
-        return f"{c['median']:.1f}" + (f" ({_signed(d['difference'])} [{_signed(d['interval'][0])}, "
-                                       f"{_signed(d['interval'][1])}])" if d else "")
+        return f"{c['median']:.1f}" + (f" ({fmt_diff(c['vs_backbone'])})" if c.get("vs_backbone") else "")
     lines += [f"| {model} | " + " | ".join(cell(near.get(t)) for t in tasks) + " |" for model, near in scored]
     several = [(model, t, near[t]["selections"]) for model, near in scored for t in tasks
                if len(near.get(t, {}).get("selections", {})) > 1]

@@ -83,8 +83,8 @@ def test_zero_label_is_read_from_every_near_folder_paired_with_the_backbone(tmp_
     assert trec["median"] == 55.0 and trec["code"] == [0]  # the lowest selection seed heads the row
     # paired over examples: the run is right wherever the backbone is, so no replicate can
     # put it below (drawn independently, the interval would reach well below zero)
-    lo, hi = trec["vs_backbone"]["interval"]
-    assert trec["vs_backbone"]["difference"] == 5.0 and 0 <= lo < 5.0 < hi
+    lo, hi = trec["vs_backbone"]["ci_low"], trec["vs_backbone"]["ci_high"]
+    assert trec["vs_backbone"]["diff"] == 5.0 and 0 <= lo < 5.0 < hi
     assert "glue_sst2" in near and "vs_backbone" not in near["glue_sst2"]  # no backbone score for it
     text = markdown(compile_table(tmp_path))
     assert "| stable | seed0 |" in text
